@@ -1,0 +1,50 @@
+# Two commands for a fresh machine:  `make run` (the worker) and `make test` (every test).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAND_IN := ../shared/models/koelectra-small-v3-nsmc-scratch
+
+.PHONY: setup tools test unit run demo bench broker-start broker-stop clean
+
+$(BIN)/worker: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(BIN)/worker
+
+tools:
+	bash scripts/install-tools.sh
+	bash deploy/kafka/kafka.sh fetch
+
+# Every test: unit, deploy-file checks and integration tests against a real Apache Kafka
+# (started by tests/conftest.py from deploy/kafka/, or $KAFKA_BOOTSTRAP_SERVERS if set).
+test: setup tools
+	$(BIN)/python -m pytest -v --durations=15 $(PYTEST_ARGS)
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+# The worker itself. Without WORKER_BOOTSTRAP_SERVERS a local broker is started first; without
+# WORKER_MODEL, machines that have the stand-in model beside the checkout use it, others the hub default.
+run: setup tools
+	@if [ -z "$$WORKER_BOOTSTRAP_SERVERS" ]; then bash deploy/kafka/kafka.sh start; fi
+	@if [ -z "$$WORKER_MODEL" ] && [ -d "$(STAND_IN)" ]; then export WORKER_MODEL="$(STAND_IN)"; fi; \
+	 exec $(BIN)/worker run
+
+demo: setup tools
+	$(BIN)/python -m worker.demo $(DEMO_ARGS)
+
+bench: setup tools
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+broker-start:
+	bash deploy/kafka/kafka.sh start
+
+broker-stop:
+	bash deploy/kafka/kafka.sh stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -1,0 +1,276 @@
+"""Issue 3: faults against the real broker. Each test feeds keyed NSMC messages, injects a fault into
+real `worker run` processes, then counts the output topic with a separate consumer."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.conftest import LocalBroker
+from tests.kafka_helpers import (
+    consume_all,
+    create_topics,
+    produce,
+    start_worker_process,
+    wait_for,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+TOTAL = 3000
+SLOW = {"WORKER_BATCH_MAX_MESSAGES": "16", "WORKER_BATCH_MAX_WAIT_MS": "5"}  # many small batches: a long stream
+
+
+def output_count(bootstrap: str, topic: str) -> int:
+    """High watermarks summed: cheap progress, counts every record written (control records too)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+    finally:
+        consumer.close()
+
+
+def feed(bootstrap: str, topic: str, rows, count: int = TOTAL) -> list[str]:
+    rows = (rows * (count // len(rows) + 1))[:count]
+    keys = [f"{i}-{doc_id}" for i, (doc_id, _, _) in enumerate(rows)]
+    produce(bootstrap, topic, [(k.encode(), doc.encode()) for k, (_, doc, _) in zip(keys, rows)])
+    return keys
+
+
+def count_results(bootstrap: str, topic: str, keys: list[str]) -> Counter:
+    results = consume_all(bootstrap, topic, expected=len(keys), timeout_s=240, idle_s=4)
+    counts = Counter(r.key.decode() for r in results)
+    assert set(counts) <= set(keys), "results for keys never sent"
+    return counts
+
+
+def summarize(name: str, keys: list[str], counts: Counter, report) -> tuple[int, int]:
+    missing = sum(1 for k in keys if counts[k] == 0)
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    report(name, inputs=len(keys), results=sum(counts.values()), missing=missing, duplicates=duplicates)
+    return missing, duplicates
+
+
+def wait_progress(bootstrap: str, topic: str, at_least: int, process=None, log: Path | None = None) -> int:
+    def progressed() -> bool:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"worker exited early ({process.returncode}):\n{log.read_text() if log else ''}")
+        return output_count(bootstrap, topic) >= at_least
+
+    wait_for(progressed, 180, interval_s=0.1, message=f"{at_least} results")
+    return output_count(bootstrap, topic)
+
+
+def stop(process, sig=signal.SIGTERM, timeout: float = 60) -> int:
+    process.send_signal(sig)
+    return process.wait(timeout)
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path,
+                                                       fault_report):
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
+    log = tmp_path / "worker.log"
+    first = start_worker_process(env, log)
+    at_kill = wait_progress(kafka_bootstrap, topics["output"], TOTAL // 4, first, log)
+    first.kill()
+    first.wait(30)
+    assert at_kill < TOTAL, "the stream finished before the kill; nothing was tested"
+    second = start_worker_process(env, log)
+    try:
+        counts = count_results(kafka_bootstrap, topics["output"], keys)
+    finally:
+        assert stop(second) == 0, log.read_text()
+    missing, _ = summarize("sigkill+restart", keys, counts, fault_report)
+    assert missing == 0
+
+
+def test_sigterm_mid_stream_then_restart_is_exactly_once(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path,
+                                                         fault_report):
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
+    log = tmp_path / "worker.log"
+    first = start_worker_process(env, log)
+    at_stop = wait_progress(kafka_bootstrap, topics["output"], TOTAL // 4, first, log)
+    started = time.monotonic()
+    assert stop(first) == 0, log.read_text()
+    stop_seconds = time.monotonic() - started
+    assert at_stop < TOTAL, "the stream finished before SIGTERM; nothing was tested"
+    second = start_worker_process(env, log)
+    try:
+        counts = count_results(kafka_bootstrap, topics["output"], keys)
+    finally:
+        assert stop(second) == 0, log.read_text()
+    missing, duplicates = summarize("sigterm+restart", keys, counts, fault_report)
+    fault_report("sigterm+restart", drain_seconds=round(stop_seconds, 2))
+    assert missing == 0 and duplicates == 0
+
+
+def test_broker_restart_mid_stream_worker_recovers(tiny_model_dir, nsmc_rows, tmp_path, fault_report):
+    broker = LocalBroker(39192, tmp_path / "kafka")
+    broker.start()
+    try:
+        suffix = uuid.uuid4().hex[:8]
+        topics = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dlq": f"dlq-{suffix}"}
+        create_topics(broker.bootstrap, {topics["input"]: 3, topics["output"]: 3, topics["dlq"]: 1})
+        keys = feed(broker.bootstrap, topics["input"], nsmc_rows)
+        env = worker_env(broker.bootstrap, topics, tiny_model_dir, **SLOW)
+        log = tmp_path / "worker.log"
+        process = start_worker_process(env, log)
+        try:
+            wait_progress(broker.bootstrap, topics["output"], TOTAL // 5, process, log)
+            broker.stop()
+            time.sleep(5)
+            assert process.poll() is None, "worker died while the broker was down:\n" + log.read_text()
+            broker.start()
+            counts = count_results(broker.bootstrap, topics["output"], keys)
+            assert process.poll() is None, "worker restarted or died:\n" + log.read_text()
+        finally:
+            assert stop(process) == 0, log.read_text()
+        missing, _ = summarize("broker-restart", keys, counts, fault_report)
+        assert missing == 0
+    finally:
+        broker.stop()
+
+
+def test_worker_joins_then_one_leaves(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    a = start_worker_process(env, log_a)
+    wait_progress(kafka_bootstrap, topics["output"], TOTAL // 5, a, log_a)
+    b = start_worker_process(env, log_b)
+    try:
+        wait_progress(kafka_bootstrap, topics["output"], TOTAL // 2, b, log_b)
+        assert stop(a) == 0, log_a.read_text()
+        counts = count_results(kafka_bootstrap, topics["output"], keys)
+    finally:
+        if a.poll() is None:
+            stop(a)
+        assert stop(b) == 0, log_b.read_text()
+    missing, _ = summarize("join+leave", keys, counts, fault_report)
+    assert missing == 0
+
+
+def test_exactly_once_survives_sigkill(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    env = worker_env(kafka_bootstrap, topics, tiny_model_dir, WORKER_DELIVERY="exactly_once",
+                     WORKER_TRANSACTIONAL_ID=f"tx-{topics['input']}", **SLOW)
+    log = tmp_path / "worker.log"
+    first = start_worker_process(env, log)
+    at_kill = wait_progress(kafka_bootstrap, topics["output"], TOTAL // 4, first, log)
+    first.kill()
+    first.wait(30)
+    assert at_kill < TOTAL, "the stream finished before the kill; nothing was tested"
+    second = start_worker_process(env, log)
+    try:
+        counts = count_results(kafka_bootstrap, topics["output"], keys)  # read_committed
+    finally:
+        assert stop(second) == 0, log.read_text()
+    uncommitted = consume_all(kafka_bootstrap, topics["output"], idle_s=3, read_committed=False)
+    missing, duplicates = summarize("exactly-once+sigkill", keys, counts, fault_report)
+    fault_report("exactly-once+sigkill", read_uncommitted_records=len(uncommitted))
+    assert missing == 0 and duplicates == 0
+
+
+POISON = [
+    (b"\xff\xfe\xfa", "invalid_utf8"),
+    (b'{"text": "\xed\xa0\x80"}', "invalid_utf8"),  # a lone surrogate is not UTF-8
+    (b"{not json", "invalid_json"),
+    (b'{"text": "unterminated', "invalid_json"),
+    (b"", "invalid_json"),
+    (b"[1, 2, 3]", "not_an_object"),
+    (b'"just a string"', "not_an_object"),
+    (b"42", "not_an_object"),
+    (b"null", "not_an_object"),
+    (b'{"body": "wrong field"}', "missing_text"),
+    (b'{"text": 12345}', "missing_text"),
+    (b'{"text": ["list"]}', "missing_text"),
+    (b'{"text": {"nested": "object"}}', "missing_text"),
+    (b'{"text": null}', "missing_text"),
+    (b'{"text": ""}', "empty_text"),
+    (b'{"text": "   \\n\\t  "}', "empty_text"),
+    (b'{"text": "' + "가".encode() * 40000 + b'"}', "too_large"),
+    (None, "tombstone"),
+]
+ODD_BUT_VALID = [
+    "ㅋㅋㅋㅋㅋㅋㅋㅋ",
+    "ㅠㅠ 너무 슬퍼요",
+    "최고의 영화 👍🔥🎬",
+    "zero\u200bwidth\u200d문자\ufeff",
+    "Mixed 한국어 English 日本語 中文",
+    "مرحبا 영화",
+    "줄바꿈\n있는\r\n댓글",
+    "!!!???...",
+    "a",
+    "정말 긴 리뷰입니다 " * 300,  # truncated at 512 tokens and flagged
+    "\u0007제어문자\u001b",
+    "😀" * 50,
+]
+
+
+def test_poison_corpus_goes_to_dead_letters_and_valid_traffic_flows(
+    kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path, fault_report
+):
+    assert len(POISON) + len(ODD_BUT_VALID) >= 20
+    records: list[tuple[bytes, bytes | None]] = []
+    expected_dead: dict[str, str] = {}
+    expected_ok: set[str] = set()
+    originals: dict[str, tuple[bytes | None, list]] = {}
+    valid_rows = nsmc_rows[:400]
+    poison_at = {i * 11: p for i, p in enumerate(POISON)}
+    odd_at = {i * 11 + 5: t for i, t in enumerate(ODD_BUT_VALID)}
+    v = 0
+    for i in range(len(valid_rows) + len(POISON) + len(ODD_BUT_VALID)):
+        key = f"k{i}"
+        if i in poison_at:
+            value, reason = poison_at[i]
+            expected_dead[key] = reason
+        elif i in odd_at:
+            value = json.dumps({"text": odd_at[i], "id": i}, ensure_ascii=False).encode()
+            expected_ok.add(key)
+        else:
+            value = json.dumps({"text": valid_rows[v][1], "id": i}, ensure_ascii=False).encode()
+            v += 1
+            expected_ok.add(key)
+        records.append((key.encode(), value))
+        originals[key] = (value, [("origin", key.encode())])
+    produce(kafka_bootstrap, topics["input"], [(key, value, [("origin", key)]) for key, value in records])
+
+    env = worker_env(kafka_bootstrap, topics, tiny_model_dir, WORKER_INPUT_FORMAT="json",
+                     WORKER_MAX_MESSAGE_BYTES="65536")
+    log = tmp_path / "worker.log"
+    process = start_worker_process(env, log)
+    try:
+        results = consume_all(kafka_bootstrap, topics["output"], expected=len(expected_ok), timeout_s=180)
+        dead = consume_all(kafka_bootstrap, topics["dlq"], expected=len(expected_dead), timeout_s=60)
+        assert process.poll() is None, "worker died:\n" + log.read_text()
+    finally:
+        assert stop(process) == 0, log.read_text()
+
+    assert sorted(r.key.decode() for r in results) == sorted(expected_ok)
+    truncated = [r for r in results if r.json()["truncated"]]
+    assert len(truncated) == 1
+    assert sorted(r.key.decode() for r in dead) == sorted(expected_dead)
+    for record in dead:
+        key = record.key.decode()
+        assert record.headers["worker.error.kind"] == expected_dead[key], key
+        assert record.headers["worker.error.reason"]
+        assert record.headers["worker.source.topic"] == topics["input"]
+        assert record.headers["worker.source.offset"].isdigit()
+        assert record.headers["worker.model"] == str(tiny_model_dir)
+        assert record.headers["worker.failed.at"]
+        assert record.headers["origin"] == key
+        original_value = originals[key][0]
+        assert record.value == original_value or (original_value is None and record.value in (None, b""))
+    fault_report("poison-corpus", bad=len(expected_dead), odd_valid=len(ODD_BUT_VALID),
+                 dead_lettered=len(dead), classified=len(results))

@@ -1,0 +1,106 @@
+import pytest
+
+from worker.errors import ModelLoadError
+from worker.model import Encoding, HFClassifier, classify_encoded, resolve_dtype, resolve_labels, to_prediction
+from tests.conftest import TOKENIZER_DIR, build_tiny_model
+
+
+def test_tokenizer_gives_exact_koelectra_v3_ids():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    assert tokenizer("한국어 ELECTRA를 공유합니다.")["input_ids"] == [2, 11229, 29173, 13352, 25541, 4110, 7824, 17788, 18, 3]
+    assert len(tokenizer) == 35000
+
+
+@pytest.mark.parametrize(
+    "id2label,expected",
+    [
+        ({0: "0", 1: "1"}, ["negative", "positive"]),
+        ({0: "LABEL_0", 1: "LABEL_1"}, ["negative", "positive"]),
+        ({0: "Neg", 1: "Pos"}, ["negative", "positive"]),
+        ({0: "Pos", 1: "Neg"}, ["positive", "negative"]),
+        ({0: "negative", 1: "positive"}, ["negative", "positive"]),
+        ({0: "부정", 1: "긍정"}, ["negative", "positive"]),
+        ({0: "bad", 1: "good"}, ["negative", "positive"]),
+    ],
+)
+def test_binary_label_names_are_normalised(id2label, expected):
+    assert resolve_labels(id2label) == expected
+
+
+def test_positive_index_override():
+    assert resolve_labels({0: "LABEL_0", 1: "LABEL_1"}, positive_index=0) == ["positive", "negative"]
+    assert resolve_labels({0: "Neg", 1: "Pos"}, positive_index=0) == ["positive", "negative"]
+
+
+def test_multiclass_keeps_names_and_override_checks_count():
+    labels = {0: "anger", 1: "joy", 2: "neutral"}
+    assert resolve_labels(labels) == ["anger", "joy", "neutral"]
+    assert resolve_labels(labels, override=["a", "b", "c"]) == ["a", "b", "c"]
+    with pytest.raises(ModelLoadError):
+        resolve_labels(labels, override=["a", "b"])
+
+
+def test_prediction_picks_argmax():
+    p = to_prediction([0.2, 0.7, 0.1], ["a", "b", "c"], Encoding([2, 5, 3], False))
+    assert (p.label, p.score, p.tokens) == ("b", 0.7, 3)
+    assert p.probabilities == {"a": 0.2, "b": 0.7, "c": 0.1}
+
+
+def test_dtype_resolution():
+    assert resolve_dtype("float32", "cpu") == "float32"
+    assert resolve_dtype("auto", "cpu") in ("float32", "bfloat16")
+
+
+def test_score_alone_equals_score_in_padded_batch(tiny_classifier, nsmc_rows):
+    texts = [doc for _, doc, _ in nsmc_rows[:64]]
+    encodings = tiny_classifier.encode(texts)
+    batched = classify_encoded(tiny_classifier, encodings, sub_batch_max_tokens=4096).probabilities
+    arrival_order = tiny_classifier.predict([e.ids for e in encodings])  # one pass, padded to the longest
+    for i, encoding in enumerate(encodings):
+        alone = tiny_classifier.predict([encoding.ids])[0]
+        assert alone == pytest.approx(batched[i], abs=1e-4)
+        assert alone == pytest.approx(arrival_order[i], abs=1e-4)
+
+
+def test_long_text_is_truncated_and_flagged(tiny_classifier):
+    short, long = tiny_classifier.encode(["짧은 글", "아주 긴 댓글 " * 400])
+    assert not short.truncated
+    assert long.truncated and len(long.ids) == tiny_classifier.max_length == 512
+    assert long.ids[0] == 2 and long.ids[-1] == 3  # [CLS] ... [SEP] kept
+    probs = classify_encoded(tiny_classifier, [short, long], 2048).probabilities
+    assert all(abs(sum(p) - 1) < 1e-5 for p in probs)
+
+
+def test_max_length_setting_caps_tokens(tiny_model_dir):
+    classifier = HFClassifier.load(str(tiny_model_dir), device="cpu", dtype="float32", max_length=16)
+    (encoding,) = classifier.encode(["긴 문장 " * 50])
+    assert encoding.truncated and len(encoding.ids) == 16
+
+
+def test_multiclass_model_reports_all_probabilities(tmp_path):
+    directory = build_tiny_model(tmp_path / "three", {0: "anger", 1: "joy", 2: "neutral"})
+    classifier = HFClassifier.load(str(directory), device="cpu", dtype="float32")
+    assert classifier.labels == ["anger", "joy", "neutral"]
+    encodings = classifier.encode(["화난다", "기쁘다"])
+    for probs, enc in zip(classify_encoded(classifier, encodings, 1024).probabilities, encodings):
+        prediction = to_prediction(probs, classifier.labels, enc)
+        assert set(prediction.probabilities) == {"anger", "joy", "neutral"}
+
+
+def test_generic_labels_on_disk_become_positive_negative(tmp_path):
+    directory = build_tiny_model(tmp_path / "generic", {0: "LABEL_0", 1: "LABEL_1"})
+    assert HFClassifier.load(str(directory), device="cpu", dtype="float32").labels == ["negative", "positive"]
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        HFClassifier.load(str(tmp_path / "nope"), device="cpu")
+
+
+def test_bfloat16_path_runs(tiny_model_dir):
+    classifier = HFClassifier.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    probs = classify_encoded(classifier, classifier.encode(["좋아요", "싫어요"]), 1024).probabilities
+    assert all(abs(sum(p) - 1) < 1e-3 for p in probs)
+    assert classifier.info["dtype"] == "bfloat16"

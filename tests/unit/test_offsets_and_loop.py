@@ -1,0 +1,216 @@
+"""The loop's bookkeeping with a fake Kafka (no broker): offsets, dead letters, failing batches."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import pytest
+
+from worker.app import Worker, classify_isolating
+from worker.kafka_io import OffsetTracker, parse_consumer_lag
+from worker.metrics import WorkerMetrics
+from worker.model import Encoding
+from worker.records import InputRecord
+from worker.settings import Settings
+
+P = ("in", 0)
+
+
+def test_tracker_commits_only_contiguous_done_offsets():
+    t = OffsetTracker()
+    for offset in (5, 6, 7, 8):
+        t.add(P, offset)
+    t.mark_done(P, 6)
+    t.mark_done(P, 8)
+    assert t.committable() == {}
+    t.mark_done(P, 5)
+    assert t.committable() == {P: 7}
+    assert t.committable() == {}  # reported once
+    t.mark_done(P, 7)
+    assert t.committable() == {P: 9}
+    assert len(t) == 0
+
+
+def test_tracker_forgets_revoked_partitions():
+    t = OffsetTracker()
+    t.add(P, 1)
+    t.forget([P])
+    t.mark_done(P, 1)  # late acknowledgement of a revoked partition is ignored
+    assert t.committable() == {} and len(t) == 0
+
+
+def test_parse_consumer_lag():
+    stats = {"topics": {"in": {"partitions": {"0": {"consumer_lag": 5}, "1": {"consumer_lag_stored": 7},
+                                               "-1": {"consumer_lag": 3}, "2": {"consumer_lag": -1}}}}}
+    assert parse_consumer_lag(json.dumps(stats)) == {("in", 0): 5, ("in", 1): 7}
+
+
+class FakeClassifier:
+    labels = ["negative", "positive"]
+    info = {"model": "fake", "revision": "0", "device": "cpu", "dtype": "float32"}
+
+    def __init__(self, poison: str | None = None):
+        self.poison = poison
+        self.calls = 0
+
+    def encode(self, texts):
+        return [Encoding([2] + [ord(c) % 100 + 5 for c in t] + [3], False) for t in texts]
+
+    def predict(self, batch):
+        self.calls += 1
+        if self.poison is not None and any(ids[1:-1] == [ord(c) % 100 + 5 for c in self.poison] for ids in batch):
+            raise RuntimeError("model exploded")
+        return [[0.25, 0.75] if len(ids) % 2 else [0.9, 0.1] for ids in batch]
+
+
+class FakeClients:
+    """Enough of KafkaClients for the loop: scripted records in, produced records out."""
+
+    def __init__(self, settings, handlers, on_lag=None, on_error=None):
+        self.handlers = handlers
+        self.incoming: deque[InputRecord] = deque()
+        self.produced: list[tuple[str, bytes | None, bytes, list]] = []
+        self.pending_reports: list = []
+        self.reports: list = []
+        self.stored: dict = {}
+        self.committed: dict = {}
+        self.fail_next_deliveries = 0
+        self.paused = False
+
+    def start(self):
+        self.handlers.on_assigned([P])
+
+    def poll(self, max_messages, timeout_s):
+        out = []
+        while self.incoming and len(out) < max_messages:
+            out.append(self.incoming.popleft())
+        return out
+
+    def produce(self, topic, key, value, headers, token):
+        self.produced.append((topic, key, value, headers))
+        error = None
+        if self.fail_next_deliveries:
+            self.fail_next_deliveries -= 1
+            error = "Local: Message timed out"
+        self.pending_reports.append((token, error))
+
+    def serve_producer(self, timeout_s=0):
+        self.reports.extend(self.pending_reports)
+        self.pending_reports.clear()
+
+    def take_reports(self):
+        out, self.reports = self.reports, []
+        return out
+
+    def store_offsets(self, positions):
+        self.stored.update(positions)
+
+    def commit(self, positions=None):
+        self.committed.update(positions if positions is not None else self.stored)
+
+    def flush(self, timeout_s):
+        self.serve_producer()
+        return 0
+
+    def close(self):
+        self.handlers.on_revoked([P])
+
+    def pause(self, partitions):
+        self.paused = True
+
+    def resume(self, partitions):
+        self.paused = False
+
+    def assignment(self):
+        return [P]
+
+
+def make_worker(classifier, records, **overrides):
+    settings = Settings(input_topic="in", output_topic="out", dlq_topic="dlq", metrics_port=0,
+                        batch_max_wait_ms=0, **overrides)
+    worker = Worker(settings, classifier, WorkerMetrics(), clients_factory=FakeClients)
+    worker.clients.incoming.extend(records)
+    return worker
+
+
+def run_until_idle(worker, steps=200):
+    worker.clients.start()
+    import threading
+
+    worker._inference_thread = threading.Thread(target=worker._inference_loop, daemon=True)
+    worker._inference_thread.start()
+    for _ in range(steps):
+        worker._step()
+        if not worker.clients.incoming and worker._windows_in_pipeline == 0 and len(worker._tracker) == 0:
+            break
+    assert worker._shutdown()
+
+
+def records(values):
+    return [InputRecord("in", 0, i, str(i).encode(), v, [], 1000) for i, v in enumerate(values)]
+
+
+def test_every_record_gets_exactly_one_output_and_offsets_advance():
+    values = ["좋다".encode(), b"\xff", None, "별로".encode(), b"  ", "최고".encode()]
+    worker = make_worker(FakeClassifier(), records(values))
+    run_until_idle(worker)
+    produced = worker.clients.produced
+    assert [p[1] for p in produced] == [b"0", b"1", b"2", b"3", b"4", b"5"]  # in consumption order
+    topics = [p[0] for p in produced]
+    assert topics == ["out", "dlq", "dlq", "out", "dlq", "out"]
+    assert worker.clients.committed[P] == 6
+    m = worker.metrics
+    assert m.dead_letters.labels(reason="invalid_utf8")._value.get() == 1
+    assert m.dead_letters.labels(reason="tombstone")._value.get() == 1
+    assert m.dead_letters.labels(reason="empty_text")._value.get() == 1
+    assert m.produced.labels(topic="out")._value.get() == 3
+
+
+def test_failed_delivery_is_retried_not_skipped():
+    worker = make_worker(FakeClassifier(), records(["하나".encode(), "둘".encode()]))
+    worker.clients.fail_next_deliveries = 1
+    run_until_idle(worker)
+    outputs = [p for p in worker.clients.produced if p[0] == "out"]
+    assert len(outputs) == 3  # one failed attempt, then both delivered
+    assert worker.clients.committed[P] == 2
+    assert worker.metrics.errors.labels(kind="delivery")._value.get() == 1
+
+
+def test_failing_text_is_isolated_and_dead_lettered():
+    texts = ["가", "나", "폭탄", "다", "라"]
+    worker = make_worker(FakeClassifier(poison="폭탄"), records([t.encode() for t in texts]))
+    run_until_idle(worker)
+    by_key = {p[1]: p for p in worker.clients.produced}
+    assert by_key[b"2"][0] == "dlq"
+    assert dict(by_key[b"2"][3])["worker.error.kind"] == b"inference_error"
+    assert b"model exploded" in dict(by_key[b"2"][3])["worker.error.reason"]
+    assert all(by_key[k][0] == "out" for k in (b"0", b"1", b"3", b"4"))
+    assert worker.clients.committed[P] == 5
+
+
+def test_classify_isolating_bisects():
+    classifier = FakeClassifier(poison="x")
+    encodings = classifier.encode(["a", "b", "x", "c"])
+    probs, failures, _ = classify_isolating(classifier, encodings, 1)
+    assert list(failures) == [2] and probs[2] is None
+    assert all(p is not None for i, p in enumerate(probs) if i != 2)
+
+
+def test_backpressure_pauses_and_resumes():
+    worker = make_worker(FakeClassifier(), records([f"글{i}".encode() for i in range(50)]), max_in_flight_messages=10)
+    worker.clients.start()
+    worker._accept([worker.clients.incoming.popleft() for _ in range(12)])
+    worker._apply_backpressure()
+    assert worker.clients.paused
+    worker._tracker.forget([P])
+    worker._apply_backpressure()
+    assert not worker.clients.paused
+
+
+def test_result_value_matches_schema():
+    worker = make_worker(FakeClassifier(), records(["좋다".encode()]))
+    run_until_idle(worker)
+    value = json.loads(worker.clients.produced[0][2])
+    assert set(value) >= {"input", "label", "score", "probabilities", "model", "source", "latency_ms"}
+    assert value["model"] == {"id": "fake", "revision": "0"}

@@ -1,0 +1,153 @@
+"""Prometheus metrics and the /metrics, /healthz, /readyz server.
+
+Metrics take a registry, so each test builds a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from worker.kafka_io import Partition
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PER_MESSAGE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+SCORE_BUCKETS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        self.consumed = Counter("worker_messages_consumed", "Records read from the input topic.", ["topic"], registry=r)
+        self.produced = Counter(
+            "worker_results_produced", "Results acknowledged by the broker on the output topic.", ["topic"], registry=r
+        )
+        self.dead_letters = Counter(
+            "worker_dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        self.batch_messages = Histogram(
+            "worker_batch_size_messages", "Messages classified per batch.", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "worker_batch_size_tokens", "Real (unpadded) tokens per batch.", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.real_tokens = Counter("worker_real_tokens", "Tokens of real text fed to the model.", registry=r)
+        self.padded_tokens = Counter("worker_padded_tokens", "Tokens computed, padding included.", registry=r)
+        self.padding_efficiency = Gauge(
+            "worker_padding_efficiency_ratio", "Real over padded tokens in the last batch.", registry=r
+        )
+        self.inference_seconds = Histogram(
+            "worker_inference_duration_seconds", "Model time per batch.", buckets=INFERENCE_BUCKETS, registry=r
+        )
+        self.inference_per_message = Histogram(
+            "worker_inference_per_message_seconds", "Model time per batch divided by its messages.",
+            buckets=PER_MESSAGE_BUCKETS, registry=r,
+        )
+        self.end_to_end = Histogram(
+            "worker_end_to_end_latency_seconds", "Input record timestamp to acknowledged result.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_wait = Histogram(
+            "worker_batch_wait_seconds", "Time a batch stayed open in the batcher.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.predictions = Counter("worker_predictions", "Predictions by winning label.", ["label"], registry=r)
+        self.score = Histogram("worker_prediction_score", "Probability of the winning label.", buckets=SCORE_BUCKETS, registry=r)
+        self.lag = Gauge(
+            "worker_consumer_lag_messages", "Consumer lag per partition (librdkafka statistics).",
+            ["topic", "partition"], registry=r,
+        )
+        self.in_flight = Gauge(
+            "worker_in_flight_messages", "Records consumed whose result is not yet acknowledged.", registry=r
+        )
+        self.model_info = Info("worker_model", "The loaded model.", registry=r)
+        self.errors = Counter("worker_errors", "Errors by kind.", ["kind"], registry=r)
+        self.ready = Gauge("worker_ready", "1 while the model is loaded and the worker is serving.", registry=r)
+        self._lag_partitions: set[Partition] = set()
+
+    def set_lag(self, lag: dict[Partition, int]) -> None:
+        for gone in self._lag_partitions - lag.keys():
+            self.lag.remove(gone[0], str(gone[1]))
+        for (topic, partition), value in lag.items():
+            self.lag.labels(topic, str(partition)).set(value)
+        self._lag_partitions = set(lag)
+
+
+class Health:
+    """What /healthz and /readyz answer. The loop beats; the server reads."""
+
+    def __init__(self, stale_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._stale_after_s = stale_after_s
+        self._last_beat = clock()
+        self.model_ready = False
+        self.partitions = 0
+        self.stopping = False
+
+    def beat(self) -> None:
+        self._last_beat = self._clock()
+
+    def live(self) -> tuple[bool, dict[str, object]]:
+        age = self._clock() - self._last_beat
+        return age <= self._stale_after_s, {"heartbeat_age_s": round(age, 3)}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        ok = self.model_ready and not self.stopping
+        return ok, {"model_ready": self.model_ready, "assigned_partitions": self.partitions, "stopping": self.stopping}
+
+
+class MetricsServer:
+    """HTTP server for /metrics, /healthz and /readyz on a background thread."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Health) -> None:
+        self._address = (host, port)
+        self._registry = registry
+        self._health = health
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self._address[1]
+
+    def start(self) -> None:
+        registry, health = self._registry, self._health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    ok, detail = health.live() if path == "/healthz" else health.ready()
+                    body = json.dumps({"status": "ok" if ok else "unavailable", **detail}).encode()
+                    self._send(200 if ok else 503, body, "application/json")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
+                pass
+
+        self._server = ThreadingHTTPServer(self._address, Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

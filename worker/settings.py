@@ -1,0 +1,223 @@
+"""Every knob of the worker, read from ``WORKER_*`` environment variables (and ``.env``).
+
+This is the only module that reads the environment. Everything else receives a
+frozen :class:`Settings` object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "WORKER_"
+DEFAULT_MODEL = "daekeun-ml/koelectra-small-v3-nsmc"
+
+# librdkafka properties are dotted (``sasl.password``); environment variables cannot
+# hold dots, so ``WORKER_KAFKA_SASL_PASSWORD`` maps to ``sasl.password``. No
+# librdkafka property contains an underscore, so the mapping is unambiguous.
+_PASS_THROUGH_SCOPES = {
+    "KAFKA_CONSUMER_": "kafka_consumer",
+    "KAFKA_PRODUCER_": "kafka_producer",
+    "KAFKA_": "kafka",
+}
+_SECRET_KEY = re.compile(r"password|secret|\.key\b|key\.pem|token|credentials", re.IGNORECASE)
+
+
+def is_secret_key(name: str) -> bool:
+    return bool(_SECRET_KEY.search(name))
+
+
+class _KafkaPassThroughSource(PydanticBaseSettingsSource):
+    """Collects ``WORKER_KAFKA_*`` variables from the environment and ``.env`` into dicts."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env_file: str | None) -> None:
+        super().__init__(settings_cls)
+        self._env_file = env_file
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        variables: dict[str, str] = {}
+        if self._env_file and Path(self._env_file).is_file():
+            from dotenv import dotenv_values
+
+            variables.update({k: v for k, v in dotenv_values(self._env_file).items() if v is not None})
+        variables.update(os.environ)
+        scopes: dict[str, dict[str, str]] = {}
+        for name, value in variables.items():
+            upper = name.upper()
+            if not upper.startswith(ENV_PREFIX):
+                continue
+            rest = upper[len(ENV_PREFIX):]
+            for prefix, field in _PASS_THROUGH_SCOPES.items():
+                if rest.startswith(prefix) and len(rest) > len(prefix):
+                    prop = rest[len(prefix):].lower().replace("_", ".")
+                    scopes.setdefault(field, {})[prop] = value
+                    break
+        return scopes
+
+
+class Settings(BaseSettings):
+    """Worker configuration. Field ``foo_bar`` is set by ``WORKER_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka ---
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    input_topic: str = Field("comments", min_length=1, description="Topic the comments are read from.")
+    output_topic: str = Field("comments-classified", min_length=1, description="Topic the results are written to.")
+    dlq_topic: str = Field("comments-dlq", min_length=1, description="Dead-letter topic for records that cannot be classified.")
+    group_id: str = Field("koelectra-worker", min_length=1, description="Consumer group; workers sharing it share the partitions.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts reading."
+    )
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="Delivery guarantee: at_least_once, or exactly_once with Kafka transactions."
+    )
+    transactional_id: str | None = Field(
+        None, description="Transactional id for exactly_once (default: group id + host name; must be unique per worker)."
+    )
+    kafka: dict[str, str | SecretStr] = Field(
+        default_factory=dict, description="librdkafka settings for consumer and producer: WORKER_KAFKA_<PROPERTY>."
+    )
+    kafka_consumer: dict[str, str | SecretStr] = Field(
+        default_factory=dict, description="librdkafka settings for the consumer only: WORKER_KAFKA_CONSUMER_<PROPERTY>."
+    )
+    kafka_producer: dict[str, str | SecretStr] = Field(
+        default_factory=dict, description="librdkafka settings for the producer only: WORKER_KAFKA_PRODUCER_<PROPERTY>."
+    )
+
+    # --- Input ---
+    input_format: Literal["text", "json"] = Field("text", description="Input record value: raw UTF-8 text, or a JSON object.")
+    text_field: str = Field("text", min_length=1, description="Dotted path to the text inside a JSON input (e.g. comment.body).")
+    max_message_bytes: int = Field(
+        1_000_000, gt=0, description="Records with a larger value go to the dead-letter topic."
+    )
+
+    # --- Model ---
+    model: str = Field(DEFAULT_MODEL, min_length=1, description="Hugging Face hub id or local model directory.")
+    model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto picks bfloat16 on CPUs with AVX-512 BF16/AMX and on CUDA; float32 forces full precision."
+    )
+    torch_threads: int | None = Field(None, gt=0, description="Intra-op threads for inference (default: usable CPU cores).")
+    max_length: int | None = Field(None, gt=2, description="Token limit per text (default: the model's, 512); longer texts are truncated.")
+    positive_index: int | None = Field(
+        None, ge=0, le=1, description="For binary models: the class that means positive (default: from the label names, else 1)."
+    )
+    labels: list[str] | None = Field(None, description="Override the model's label names, comma separated, in class order.")
+
+    # --- Batching ---
+    batch_max_messages: int = Field(512, gt=0, description="A batch closes at this many messages...")
+    batch_max_tokens: int = Field(16384, gt=0, description="...or at this many real tokens...")
+    batch_max_wait_ms: float = Field(20.0, ge=0, description="...or this long after its first message, whichever comes first.")
+    sub_batch_max_tokens: int = Field(
+        2048, gt=0, description="Padded tokens per forward pass; a batch is length-sorted and split to fit."
+    )
+    max_in_flight_messages: int = Field(
+        4096, gt=0, description="Consumption pauses while this many messages are between the consumer and an acknowledged result."
+    )
+
+    # --- Operations ---
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM/SIGINT, finish in-flight work within this many seconds.")
+    metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics, /healthz and /readyz server.")
+    metrics_port: int = Field(8000, ge=0, le=65535, description="Port of that server; 0 disables it.")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object per line.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    statistics_interval_ms: int = Field(5000, ge=0, description="librdkafka statistics period (feeds the lag gauge); 0 disables.")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _split_labels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("kafka", "kafka_consumer", "kafka_producer", mode="after")
+    @classmethod
+    def _mask_secrets(cls, value: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
+        return {
+            key: SecretStr(v) if isinstance(v, str) and is_secret_key(key) else v for key, v in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _check_topics(self) -> Settings:
+        if self.dlq_topic in (self.input_topic, self.output_topic):
+            raise ValueError("WORKER_DLQ_TOPIC must differ from the input and output topics")
+        if self.input_topic == self.output_topic:
+            raise ValueError("WORKER_OUTPUT_TOPIC must differ from WORKER_INPUT_TOPIC")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env_file = settings_cls.model_config.get("env_file")
+        return (
+            init_settings,
+            _KafkaPassThroughSource(settings_cls, env_file if isinstance(env_file, str) else None),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    def librdkafka(self, role: Literal["consumer", "producer"]) -> dict[str, str]:
+        """The pass-through librdkafka settings for one client, secrets revealed."""
+        merged = {**self.kafka, **(self.kafka_consumer if role == "consumer" else self.kafka_producer)}
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in merged.items()}
+
+    def masked_dump(self) -> dict[str, Any]:
+        """Effective settings for logs, with every secret replaced by ``**********``."""
+        dump = self.model_dump()
+        for scope in ("kafka", "kafka_consumer", "kafka_producer"):
+            dump[scope] = {k: "**********" if is_secret_key(k) else str(v) for k, v in dump[scope].items()}
+        return dump
+
+
+def _variable_name(loc: tuple[Any, ...]) -> str:
+    if not loc:
+        return "settings"
+    name = f"{ENV_PREFIX}{str(loc[0]).upper()}"
+    if len(loc) > 1 and str(loc[0]).startswith("kafka"):
+        name += "_" + str(loc[1]).upper().replace(".", "_")
+    return name
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment; invalid values raise one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            loc = error.get("loc", ())
+            problems.append(message if not loc else f"{_variable_name(loc)}: {message}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
