@@ -35,7 +35,7 @@ run: setup tools
 	 exec $(BIN)/worker run
 
 demo: setup tools
-	$(BIN)/python -m worker.demo $(DEMO_ARGS)
+	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
 
 bench: setup tools
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)

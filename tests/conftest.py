@@ -136,6 +136,6 @@ def fault_report():
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if _FAULT_REPORTS:
-        terminalreporter.section("fault test counts")
+        terminalreporter.section("counts reported by the integration tests")
         for name, counts in _FAULT_REPORTS.items():
             terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
