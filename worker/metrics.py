@@ -96,6 +96,8 @@ class Health:
         self._last_beat = self._clock()
 
     def live(self) -> tuple[bool, dict[str, object]]:
+        if not self.model_ready:
+            return True, {"phase": "loading model"}  # the loop has not started; loading is not a hang
         age = self._clock() - self._last_beat
         return age <= self._stale_after_s, {"heartbeat_age_s": round(age, 3)}
 

@@ -92,13 +92,13 @@ class Settings(BaseSettings):
         None, description="Transactional id for exactly_once (default: group id + host name; must be unique per worker)."
     )
     kafka: dict[str, str | SecretStr] = Field(
-        default_factory=dict, description="librdkafka settings for consumer and producer: WORKER_KAFKA_<PROPERTY>."
+        default_factory=dict, description="Any librdkafka property for consumer and producer, dots as underscores: WORKER_KAFKA_SASL_PASSWORD sets sasl.password."
     )
     kafka_consumer: dict[str, str | SecretStr] = Field(
-        default_factory=dict, description="librdkafka settings for the consumer only: WORKER_KAFKA_CONSUMER_<PROPERTY>."
+        default_factory=dict, description="librdkafka property for the consumer only (e.g. WORKER_KAFKA_CONSUMER_SESSION_TIMEOUT_MS)."
     )
     kafka_producer: dict[str, str | SecretStr] = Field(
-        default_factory=dict, description="librdkafka settings for the producer only: WORKER_KAFKA_PRODUCER_<PROPERTY>."
+        default_factory=dict, description="librdkafka property for the producer only (e.g. WORKER_KAFKA_PRODUCER_LINGER_MS)."
     )
 
     # --- Input ---
@@ -221,3 +221,23 @@ def load_settings(**overrides: Any) -> Settings:
             loc = error.get("loc", ())
             problems.append(message if not loc else f"{_variable_name(loc)}: {message}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def reference_table() -> str:
+    """The README's configuration table, generated from the fields above (a test keeps them equal)."""
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if default is None or default == {}:
+            shown = "—"
+        else:
+            shown = f"`{default}`"
+        variable = f"`{ENV_PREFIX}{name.upper()}`"
+        if name.startswith("kafka"):
+            variable = f"`{ENV_PREFIX}{name.upper()}_<PROPERTY>`"
+        lines.append(f"| {variable} | {shown} | {field.description or ''} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_table())
