@@ -30,7 +30,11 @@ unit: setup
 # The worker itself. Without WORKER_BOOTSTRAP_SERVERS a local broker is started first; without
 # WORKER_MODEL, machines that have the stand-in model beside the checkout use it, others the hub default.
 run: setup tools
-	@if [ -z "$$WORKER_BOOTSTRAP_SERVERS" ]; then bash deploy/kafka/kafka.sh start; fi
+	@if [ -z "$$WORKER_BOOTSTRAP_SERVERS" ]; then \
+	   bash deploy/kafka/kafka.sh start && \
+	   bash deploy/kafka/kafka.sh topics-create "$${WORKER_INPUT_TOPIC:-comments}" 3 && \
+	   bash deploy/kafka/kafka.sh topics-create "$${WORKER_OUTPUT_TOPIC:-comments-classified}" 3 && \
+	   bash deploy/kafka/kafka.sh topics-create "$${WORKER_DLQ_TOPIC:-comments-dlq}" 1; fi
 	@if [ -z "$$WORKER_MODEL" ] && [ -d "$(STAND_IN)" ]; then export WORKER_MODEL="$(STAND_IN)"; fi; \
 	 exec $(BIN)/worker run
 

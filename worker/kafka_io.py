@@ -27,6 +27,8 @@ from worker.records import Headers, InputRecord
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines go through Python logging, so JSON logs stay one object per line.
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 Partition = tuple[str, int]
 DeliveryReport = tuple[Any, str | None]  # (token, error text or None)
@@ -149,6 +151,7 @@ class KafkaClients:
             "statistics.interval.ms": s.statistics_interval_ms,
             "client.id": f"koelectra-worker-{socket.gethostname()}",
             "error_cb": self._error_cb,
+            "logger": _LIBRDKAFKA_LOG,
         }
         if s.statistics_interval_ms:
             config["stats_cb"] = self._stats_cb
@@ -165,6 +168,7 @@ class KafkaClients:
             "compression.type": "lz4",
             "client.id": f"koelectra-worker-{socket.gethostname()}",
             "error_cb": self._error_cb,
+            "logger": _LIBRDKAFKA_LOG,
         }
         if self.transactional:
             config["transactional.id"] = s.transactional_id or f"{s.group_id}-{socket.gethostname()}"
