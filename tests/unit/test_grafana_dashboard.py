@@ -8,14 +8,14 @@ promtool (wrapped as recording rules), so a syntax error cannot hide in a panel.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+
 import yaml
+
+from tests.unit.test_prometheus_rules import promtool as find_promtool
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "koelectra-worker.json"
@@ -168,13 +168,7 @@ def test_dashboard_shows_every_exported_metric() -> None:
 
 def test_dashboard_promql_parses(tmp_path: Path) -> None:
     """Wrap every dashboard expression as a recording rule and let promtool parse it."""
-    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if not promtool:
-        pytest.fail(
-            "promtool not found on PATH (and $PROMTOOL is not set). Install it with "
-            "`bash scripts/install-tools.sh` or `apt-get install prometheus`.",
-            pytrace=False,
-        )
+    promtool = find_promtool()
     substitutions = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$instance": ".*"}
     rules = []
     for i, (where, expr) in enumerate(dashboard_exprs(load_dashboard())):

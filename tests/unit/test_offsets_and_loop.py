@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections import deque
 
-import pytest
 
 from worker.app import Worker, classify_isolating
 from worker.kafka_io import OffsetTracker, parse_consumer_lag
