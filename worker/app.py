@@ -165,11 +165,17 @@ class Worker:
     def _step(self) -> None:
         self.health.beat()
         busy = self._windows_in_pipeline > 0 or len(self._tracker) > 0
-        timeout = min(self._batcher.time_left(), BUSY_POLL_S if busy else IDLE_POLL_S)
+        timeout = BUSY_POLL_S if busy else IDLE_POLL_S
+        # A window whose wait is over still keeps filling (up to its size limits) while another
+        # window is already queued for the model: it could not start sooner anyway, and under
+        # load this lets batches grow with the traffic instead of queueing many small ones.
+        model_backlogged = self._windows_in_pipeline > 1
+        if not model_backlogged:
+            timeout = min(timeout, self._batcher.time_left())
         records = self.clients.poll(POLL_CHUNK, timeout)
         if records:
             self._accept(records)
-        if self._batcher.is_due():
+        if self._batcher.is_due() and not model_backlogged:
             self._dispatch()
         self._publish_finished()
         self.clients.serve_producer(0)

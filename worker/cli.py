@@ -69,6 +69,7 @@ def load_classifier(settings: Settings) -> Any:
         max_length=settings.max_length,
         positive_index=settings.positive_index,
         labels=settings.labels,
+        compile=settings.compile,
     )
 
 

@@ -165,7 +165,6 @@ class KafkaClients:
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "compression.type": "lz4",
             "client.id": f"koelectra-worker-{socket.gethostname()}",
             "error_cb": self._error_cb,
             "logger": _LIBRDKAFKA_LOG,

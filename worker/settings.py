@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto picks bfloat16 on CPUs with AVX-512 BF16/AMX and on CUDA; float32 forces full precision."
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the model at start-up: auto does it for full-size models in bfloat16 on the CPU (about a minute of start-up, ~1.5x the speed).",
+    )
     torch_threads: int | None = Field(None, gt=0, description="Intra-op threads for inference (default: usable CPU cores).")
     max_length: int | None = Field(None, gt=2, description="Token limit per text (default: the model's, 512); longer texts are truncated.")
     positive_index: int | None = Field(
@@ -127,7 +131,7 @@ class Settings(BaseSettings):
     batch_max_tokens: int = Field(16384, gt=0, description="...or at this many real tokens...")
     batch_max_wait_ms: float = Field(20.0, ge=0, description="...or this long after its first message, whichever comes first.")
     sub_batch_max_tokens: int = Field(
-        2048, gt=0, description="Padded tokens per forward pass; a batch is length-sorted and split to fit."
+        1024, gt=0, description="Padded tokens per forward pass; a batch is length-sorted and split to fit."
     )
     max_in_flight_messages: int = Field(
         4096, gt=0, description="Consumption pauses while this many messages are between the consumer and an acknowledged result."

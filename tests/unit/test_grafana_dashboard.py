@@ -12,7 +12,6 @@ import re
 import subprocess
 from pathlib import Path
 
-
 import yaml
 
 from tests.unit.test_prometheus_rules import promtool as find_promtool

@@ -213,3 +213,24 @@ def test_result_value_matches_schema():
     value = json.loads(worker.clients.produced[0][2])
     assert set(value) >= {"input", "label", "score", "probabilities", "model", "source", "latency_ms"}
     assert value["model"] == {"id": "fake", "revision": "0"}
+
+
+def test_due_window_keeps_filling_while_the_model_is_backlogged():
+    """Under load, windows grow with the traffic instead of queueing many small ones."""
+    worker = make_worker(FakeClassifier(), [], batch_max_messages=1000)
+    worker.clients.start()  # no inference thread: dispatched windows stay queued
+    all_records = records([f"글{i}".encode() for i in range(30)])
+    for chunk in (all_records[0:5], all_records[5:10], all_records[10:20], all_records[20:30]):
+        worker.clients.incoming.extend(chunk)
+        worker._step()
+    assert worker._windows_in_pipeline == 2  # one "running", one queued
+    assert len(worker._batcher) == 20  # the rest waits in one growing window
+    worker._inference_thread = __import__("threading").Thread(target=worker._inference_loop, daemon=True)
+    worker._inference_thread.start()
+    for _ in range(200):
+        worker._step()
+        if worker._windows_in_pipeline == 0 and len(worker._tracker) == 0:
+            break
+    assert worker._shutdown()
+    assert worker.metrics.batch_messages._sum.get() == 30
+    assert worker.clients.committed[P] == 30
