@@ -166,10 +166,11 @@ class Worker:
         self.health.beat()
         busy = self._windows_in_pipeline > 0 or len(self._tracker) > 0
         timeout = BUSY_POLL_S if busy else IDLE_POLL_S
-        # A window whose wait is over still keeps filling (up to its size limits) while another
-        # window is already queued for the model: it could not start sooner anyway, and under
-        # load this lets batches grow with the traffic instead of queueing many small ones.
-        model_backlogged = self._windows_in_pipeline > 1
+        # A window whose wait is over keeps filling (up to its size limits) while the model is
+        # busy with the previous one: it could not start sooner anyway, and under load batches
+        # grow with the traffic instead of queueing up as many small ones. A message therefore
+        # waits at most the batch wait plus the batch ahead of it plus its own.
+        model_backlogged = self._windows_in_pipeline > 0
         if not model_backlogged:
             timeout = min(timeout, self._batcher.time_left())
         records = self.clients.poll(POLL_CHUNK, timeout)

@@ -91,6 +91,9 @@ def cmd_run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Tokenization runs on the loop thread beside inference; the tokenizer's own thread pool would
+    # compete with torch for the cores (measured: 582 vs 511 messages/s end to end on 2 cores).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     metrics = WorkerMetrics()
     health = Health()

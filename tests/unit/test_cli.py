@@ -47,3 +47,13 @@ def test_eval_reports_accuracy(monkeypatch, tiny_model_dir, tmp_path, capsys):
     assert report["texts"] == 200
     assert 0 <= report["accuracy"] <= 1
     assert sum(map(sum, report["confusion_matrix"]["values"])) == 200
+
+
+def test_benchmark_script_starts():
+    """The benchmark is a script, not a timed test; this only checks it still imports and parses its flags."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+    result = subprocess.run([sys.executable, str(bench), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--messages" in result.stdout and "--skip-kafka" in result.stdout

@@ -223,8 +223,8 @@ def test_due_window_keeps_filling_while_the_model_is_backlogged():
     for chunk in (all_records[0:5], all_records[5:10], all_records[10:20], all_records[20:30]):
         worker.clients.incoming.extend(chunk)
         worker._step()
-    assert worker._windows_in_pipeline == 2  # one "running", one queued
-    assert len(worker._batcher) == 20  # the rest waits in one growing window
+    assert worker._windows_in_pipeline == 1  # the model is busy with the first window
+    assert len(worker._batcher) == 25  # the rest waits in one growing window
     worker._inference_thread = __import__("threading").Thread(target=worker._inference_loop, daemon=True)
     worker._inference_thread.start()
     for _ in range(200):
