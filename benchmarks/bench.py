@@ -131,6 +131,7 @@ def bench_in_memory(settings: Any, texts: list[str]) -> dict[str, Any]:
     """The worker's batching and classifier, in memory: windows closed at the worker's limits."""
     import torch
 
+    from worker.batching import Batcher
     from worker.cli import load_classifier
     from worker.model import classify_encoded, to_prediction
 
@@ -150,21 +151,18 @@ def bench_in_memory(settings: Any, texts: list[str]) -> dict[str, Any]:
         windows += 1
 
     def run(sample: list[str]) -> None:
-        # The same closing rules as worker.batching.Batcher under full load (the wait never expires).
-        window: list[Any] = []
-        tokens = 0
+        # The loop's own batcher and closing rules (worker.app.Worker._accept) under full load:
+        # the wait never expires, windows close on messages or tokens.
+        batcher: Batcher[Any] = Batcher(settings.batch_max_messages, settings.batch_max_tokens, float("inf"))
         for start in range(0, len(sample), chunk):
             for encoding in classifier.encode(sample[start : start + chunk]):
-                if window and tokens + len(encoding.ids) > settings.batch_max_tokens:
-                    close(window)
-                    window, tokens = [], 0
-                window.append(encoding)
-                tokens += len(encoding.ids)
-                if len(window) >= settings.batch_max_messages or tokens >= settings.batch_max_tokens:
-                    close(window)
-                    window, tokens = [], 0
-        if window:
-            close(window)
+                if batcher.would_overflow(len(encoding.ids)):
+                    close(batcher.take().items)
+                batcher.add(encoding, len(encoding.ids))
+                if batcher.is_full():
+                    close(batcher.take().items)
+        if len(batcher):
+            close(batcher.take().items)
 
     run(texts[:1000])  # warm every shape the run will see first
     real = padded = windows = 0
