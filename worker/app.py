@@ -158,8 +158,7 @@ class Worker:
         finally:
             self.health.stopping = True
             self.metrics.ready.set(0)
-        clean = self._shutdown()
-        return clean
+        return self._shutdown()
 
     # --- the loop ---
     def _step(self) -> None:
@@ -315,32 +314,35 @@ class Worker:
         self.clients.produce(out.topic, out.key, out.value, out.headers, out)
 
     def _publish_transaction(self, outgoing: list[Outgoing], positions: dict[Partition, int]) -> None:
-        for attempt in range(5):
+        try:
+            self.clients.begin_transaction()
+            for out in outgoing:
+                self._send(out)
+            self._commit_transaction(positions)
+        except Exception as exc:  # noqa: BLE001 - any failure: abort, then re-read what was not committed
+            self.metrics.errors.labels(kind="transaction").inc()
+            log.warning("transaction failed; aborting and re-reading from the committed offsets: %s", exc)
+            self.clients.take_reports()
             try:
-                self.clients.begin_transaction()
-                for out in outgoing:
-                    self._send(out)
-                self.clients.commit_transaction(positions)
-                break
-            except Exception as exc:  # noqa: BLE001 - classified below
-                retriable, needs_abort = transaction_retriable(exc)
-                self.metrics.errors.labels(kind="transaction").inc()
-                log.warning("transaction failed (attempt %d): %s", attempt + 1, exc)
-                self.clients.take_reports()
-                if needs_abort or not retriable:
-                    try:
-                        self.clients.abort_transaction()
-                    except Exception:  # noqa: BLE001
-                        log.exception("abort failed")
-                        raise WorkerError("transaction could not be aborted; exiting to be restarted") from exc
-                    if not retriable:
-                        self._rewind()
-                        return
-        else:
-            raise WorkerError("transaction kept failing; exiting to be restarted")
+                self.clients.abort_transaction()
+            except Exception as abort_error:  # noqa: BLE001 - fenced or fatal: a restart is the way out
+                raise WorkerError("transaction could not be aborted; exiting to be restarted") from abort_error
+            self._rewind()
+            return
         self.clients.take_reports()  # delivered inside the committed transaction
         for out in outgoing:
             self._delivered(out)
+
+    def _commit_transaction(self, positions: dict[Partition, int], attempts: int = 5) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                self.clients.commit_transaction(positions)
+                return
+            except Exception as exc:  # noqa: BLE001 - classified below
+                retriable, needs_abort = transaction_retriable(exc)
+                if needs_abort or not retriable or attempt == attempts:
+                    raise
+                log.warning("transaction commit failed (attempt %d), retrying: %s", attempt, exc)
 
     def _rewind(self) -> None:
         """After an aborted transaction: drop all in-flight work and re-read from the committed offsets."""

@@ -75,21 +75,29 @@ def stop(process, sig=signal.SIGTERM, timeout: float = 60) -> int:
     return process.wait(timeout)
 
 
+def interrupt_then_restart(bootstrap: str, topics: dict, keys: list[str], env: dict, log: Path, interrupt) -> Counter:
+    """Start a worker, `interrupt` it once a quarter of the results are out, start another, count the results."""
+    first = start_worker_process(env, log)
+    at_interrupt = wait_progress(bootstrap, topics["output"], TOTAL // 4, first, log)
+    interrupt(first)
+    assert at_interrupt < TOTAL, "the stream finished before the interruption; nothing was tested"
+    second = start_worker_process(env, log)
+    try:
+        return count_results(bootstrap, topics["output"], keys)
+    finally:
+        assert stop(second) == 0, log.read_text()
+
+
+def sigkill(process) -> None:
+    process.kill()
+    process.wait(30)
+
+
 def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path,
                                                        fault_report):
     keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
-    log = tmp_path / "worker.log"
-    first = start_worker_process(env, log)
-    at_kill = wait_progress(kafka_bootstrap, topics["output"], TOTAL // 4, first, log)
-    first.kill()
-    first.wait(30)
-    assert at_kill < TOTAL, "the stream finished before the kill; nothing was tested"
-    second = start_worker_process(env, log)
-    try:
-        counts = count_results(kafka_bootstrap, topics["output"], keys)
-    finally:
-        assert stop(second) == 0, log.read_text()
+    counts = interrupt_then_restart(kafka_bootstrap, topics, keys, env, tmp_path / "worker.log", sigkill)
     missing, _ = summarize("sigkill+restart", keys, counts, fault_report)
     assert missing == 0
 
@@ -99,19 +107,16 @@ def test_sigterm_mid_stream_then_restart_is_exactly_once(kafka_bootstrap, topics
     keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
     log = tmp_path / "worker.log"
-    first = start_worker_process(env, log)
-    at_stop = wait_progress(kafka_bootstrap, topics["output"], TOTAL // 4, first, log)
-    started = time.monotonic()
-    assert stop(first) == 0, log.read_text()
-    stop_seconds = time.monotonic() - started
-    assert at_stop < TOTAL, "the stream finished before SIGTERM; nothing was tested"
-    second = start_worker_process(env, log)
-    try:
-        counts = count_results(kafka_bootstrap, topics["output"], keys)
-    finally:
-        assert stop(second) == 0, log.read_text()
+    drain: dict[str, float] = {}
+
+    def sigterm(process) -> None:
+        started = time.monotonic()
+        assert stop(process) == 0, log.read_text()
+        drain["seconds"] = time.monotonic() - started
+
+    counts = interrupt_then_restart(kafka_bootstrap, topics, keys, env, log, sigterm)
     missing, duplicates = summarize("sigterm+restart", keys, counts, fault_report)
-    fault_report("sigterm+restart", drain_seconds=round(stop_seconds, 2))
+    fault_report("sigterm+restart", drain_seconds=round(drain["seconds"], 2))
     assert missing == 0 and duplicates == 0
 
 
@@ -165,17 +170,7 @@ def test_exactly_once_survives_sigkill(kafka_bootstrap, topics, tiny_model_dir, 
     keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, WORKER_DELIVERY="exactly_once",
                      WORKER_TRANSACTIONAL_ID=f"tx-{topics['input']}", **SLOW)
-    log = tmp_path / "worker.log"
-    first = start_worker_process(env, log)
-    at_kill = wait_progress(kafka_bootstrap, topics["output"], TOTAL // 4, first, log)
-    first.kill()
-    first.wait(30)
-    assert at_kill < TOTAL, "the stream finished before the kill; nothing was tested"
-    second = start_worker_process(env, log)
-    try:
-        counts = count_results(kafka_bootstrap, topics["output"], keys)  # read_committed
-    finally:
-        assert stop(second) == 0, log.read_text()
+    counts = interrupt_then_restart(kafka_bootstrap, topics, keys, env, tmp_path / "worker.log", sigkill)  # read_committed
     uncommitted = consume_all(kafka_bootstrap, topics["output"], idle_s=3, read_committed=False)
     missing, duplicates = summarize("exactly-once+sigkill", keys, counts, fault_report)
     fault_report("exactly-once+sigkill", read_uncommitted_records=len(uncommitted))

@@ -73,7 +73,7 @@ class FakeClients:
         self.pending_reports: list = []
         self.reports: list = []
         self.stored: dict = {}
-        self.committed: dict = {}
+        self.committed_positions: dict = {}
         self.fail_next_deliveries = 0
         self.paused = False
 
@@ -106,7 +106,7 @@ class FakeClients:
         self.stored.update(positions)
 
     def commit(self, positions=None):
-        self.committed.update(positions if positions is not None else self.stored)
+        self.committed_positions.update(positions if positions is not None else self.stored)
 
     def flush(self, timeout_s):
         self.serve_producer()
@@ -158,7 +158,7 @@ def test_every_record_gets_exactly_one_output_and_offsets_advance():
     assert [p[1] for p in produced] == [b"0", b"1", b"2", b"3", b"4", b"5"]  # in consumption order
     topics = [p[0] for p in produced]
     assert topics == ["out", "dlq", "dlq", "out", "dlq", "out"]
-    assert worker.clients.committed[P] == 6
+    assert worker.clients.committed_positions[P] == 6
     m = worker.metrics
     assert m.dead_letters.labels(reason="invalid_utf8")._value.get() == 1
     assert m.dead_letters.labels(reason="tombstone")._value.get() == 1
@@ -172,7 +172,7 @@ def test_failed_delivery_is_retried_not_skipped():
     run_until_idle(worker)
     outputs = [p for p in worker.clients.produced if p[0] == "out"]
     assert len(outputs) == 3  # one failed attempt, then both delivered
-    assert worker.clients.committed[P] == 2
+    assert worker.clients.committed_positions[P] == 2
     assert worker.metrics.errors.labels(kind="delivery")._value.get() == 1
 
 
@@ -185,7 +185,7 @@ def test_failing_text_is_isolated_and_dead_lettered():
     assert dict(by_key[b"2"][3])["worker.error.kind"] == b"inference_error"
     assert b"model exploded" in dict(by_key[b"2"][3])["worker.error.reason"]
     assert all(by_key[k][0] == "out" for k in (b"0", b"1", b"3", b"4"))
-    assert worker.clients.committed[P] == 5
+    assert worker.clients.committed_positions[P] == 5
 
 
 def test_classify_isolating_bisects():
@@ -233,4 +233,61 @@ def test_due_window_keeps_filling_while_the_model_is_backlogged():
             break
     assert worker._shutdown()
     assert worker.metrics.batch_messages._sum.get() == 30
-    assert worker.clients.committed[P] == 30
+    assert worker.clients.committed_positions[P] == 30
+
+
+class FakeTransactionalClients(FakeClients):
+    """Transactions that fail to commit `fail_commits` times with a non-retriable error."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail_commits = 0
+        self.transactions: list[tuple[str, dict]] = []
+        self.rewound: list[dict] = []
+
+    def begin_transaction(self):
+        self.transactions.append(("begin", {}))
+
+    def commit_transaction(self, positions, timeout_s=60):
+        if self.fail_commits:
+            self.fail_commits -= 1
+            raise RuntimeError("broker said no")
+        self.transactions.append(("commit", dict(positions)))
+
+    def abort_transaction(self, timeout_s=60):
+        self.transactions.append(("abort", {}))
+
+    def committed(self, partitions, timeout_s=10):
+        return {P: 0}
+
+    def rewind(self, positions):
+        self.rewound.append(positions)
+
+
+def make_transactional_worker(values):
+    settings = Settings(input_topic="in", output_topic="out", dlq_topic="dlq", metrics_port=0, batch_max_wait_ms=0,
+                        delivery="exactly_once")
+    worker = Worker(settings, FakeClassifier(), WorkerMetrics(), clients_factory=FakeTransactionalClients)
+    worker.clients.incoming.extend(records(values))
+    return worker
+
+
+def test_exactly_once_commits_offsets_inside_each_transaction():
+    worker = make_transactional_worker(["좋다".encode(), b"\xff", "별로".encode()])
+    run_until_idle(worker)
+    commits = [positions for kind, positions in worker.clients.transactions if kind == "commit"]
+    assert commits and commits[-1] == {P: 3}
+    assert worker.clients.stored == {}  # no offset is committed outside a transaction
+
+
+def test_failed_transaction_is_aborted_and_the_records_read_again():
+    worker = make_transactional_worker(["좋다".encode(), "별로".encode()])
+    worker.clients.fail_commits = 1
+    worker.clients.start()
+    worker._accept([worker.clients.incoming.popleft() for _ in range(2)])
+    window = worker._batcher.take()
+    worker._publish(worker._classify_window(window, worker._generation).window)
+    assert [kind for kind, _ in worker.clients.transactions] == ["begin", "abort"]
+    assert worker.clients.rewound == [{P: 0}]
+    assert worker.metrics.errors.labels(kind="transaction")._value.get() == 1
+    assert len(worker._tracker) == 0  # forgotten: the records come again from the committed offset
