@@ -76,6 +76,55 @@ def wait_until_serving(port: int, worker: subprocess.Popen, log_path: Path, time
     raise SystemExit(f"the worker did not become ready in {timeout_s:.0f}s; see {log_path}")
 
 
+def create_topics(bootstrap: str, topics: dict) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(topics["input"], 3, 1), NewTopic(topics["output"], 3, 1), NewTopic(topics["dlq"], 1, 1)]
+    )
+    for future in futures.values():
+        future.result(30)
+
+
+def stream_and_view(bootstrap: str, topics: dict, run_id: str, reviews: list, worker: subprocess.Popen,
+                    log_path: Path, rate: float, show: int) -> tuple[dict[str, dict], float]:
+    """Send the reviews (at `rate`/s, or all at once) and show results as they arrive; the clients close on return."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-view-{run_id}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topics["output"]])
+
+    sent = 0
+    results: dict[str, dict] = {}
+    first_sent = time.time()
+    with tqdm(total=len(reviews), unit="msg", desc="classified", dynamic_ncols=True) as bar:
+        while len(results) < len(reviews):
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited ({worker.returncode}); see {log_path}")
+            if sent < len(reviews):
+                allowed = len(reviews) if not rate else int((time.time() - first_sent) * rate) + 1
+                while sent < min(allowed, len(reviews)):
+                    doc_id, document, _ = reviews[sent]
+                    producer.produce(topics["input"], key=doc_id.encode(), value=document.encode())
+                    sent += 1
+                producer.poll(0)
+            for message in consumer.consume(500, 0.2):
+                if message.error():
+                    continue
+                key = message.key().decode()
+                if key in results:
+                    continue
+                value = json.loads(message.value())
+                results[key] = value
+                bar.update(1)
+                if len(results) <= show:
+                    text = value["input"] if isinstance(value["input"], str) else value["text"]
+                    bar.write(f"{KOREAN.get(value['label'], value['label'])} ({value['score']:.2f}): {text[:70]}")
+    elapsed = time.time() - first_sent
+    producer.flush(10)
+    consumer.close()
+    return results, elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000, help="reviews to stream (default 2000)")
@@ -97,10 +146,7 @@ def main() -> int:
     topics = {"input": f"demo-comments-{run_id}", "output": f"demo-classified-{run_id}", "dlq": f"demo-dlq-{run_id}"}
     worker = None
     try:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        for future in admin.create_topics([NewTopic(topics["input"], 3, 1), NewTopic(topics["output"], 3, 1),
-                                           NewTopic(topics["dlq"], 1, 1)]).values():
-            future.result(30)
+        create_topics(bootstrap, topics)
         metrics_port = int(os.environ.get("WORKER_METRICS_PORT") or free_port())
         env = {**os.environ, "WORKER_BOOTSTRAP_SERVERS": bootstrap, "WORKER_INPUT_TOPIC": topics["input"],
                "WORKER_OUTPUT_TOPIC": topics["output"], "WORKER_DLQ_TOPIC": topics["dlq"],
@@ -116,40 +162,7 @@ def main() -> int:
         wait_until_serving(metrics_port, worker, log_path)
         reviews = read_reviews(args.data, args.messages)
         truth = {doc_id: label for doc_id, _, label in reviews}
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-view-{run_id}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        consumer.subscribe([topics["output"]])
-
-        sent = 0
-        results: dict[str, dict] = {}
-        first_sent = time.time()
-        with tqdm(total=len(reviews), unit="msg", desc="classified", dynamic_ncols=True) as bar:
-            while len(results) < len(reviews):
-                if worker.poll() is not None:
-                    raise SystemExit(f"the worker exited ({worker.returncode}); see {log_path}")
-                if sent < len(reviews):
-                    allowed = len(reviews) if not args.rate else int((time.time() - first_sent) * args.rate) + 1
-                    while sent < min(allowed, len(reviews)):
-                        doc_id, document, _ = reviews[sent]
-                        producer.produce(topics["input"], key=doc_id.encode(), value=document.encode())
-                        sent += 1
-                    producer.poll(0)
-                for message in consumer.consume(500, 0.2):
-                    if message.error():
-                        continue
-                    key = message.key().decode()
-                    if key in results:
-                        continue
-                    value = json.loads(message.value())
-                    results[key] = value
-                    bar.update(1)
-                    if len(results) <= args.show:
-                        text = value["input"] if isinstance(value["input"], str) else value["text"]
-                        bar.write(f"{KOREAN.get(value['label'], value['label'])} ({value['score']:.2f}): {text[:70]}")
-        elapsed = time.time() - first_sent
-        producer.flush(10)
-        consumer.close()
+        results, elapsed = stream_and_view(bootstrap, topics, run_id, reviews, worker, log_path, args.rate, args.show)
 
         latencies = [v["latency_ms"] for v in results.values() if v.get("latency_ms") is not None]
         correct = sum(1 for k, v in results.items() if (v["label"] == "positive") == (truth[k] == 1))
