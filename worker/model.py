@@ -153,7 +153,15 @@ def usable_cpus() -> int:
 class HFClassifier:
     """A transformers sequence-classification model and its tokenizer. Build it with :meth:`load`."""
 
-    def __init__(self, tokenizer: Any, model: Any, labels: list[str], max_length: int, info: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: Any,
+        labels: list[str],
+        max_length: int,
+        info: dict[str, str],
+        compile_mode: str = "auto",
+    ) -> None:
         self.tokenizer = tokenizer
         self.model = model
         self.labels = labels
@@ -162,7 +170,7 @@ class HFClassifier:
         self._device = next(model.parameters()).device
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._forward = model  # replaced by a torch.compile'd module in warm_up() where that pays off
-        self.compile_mode = "auto"  # auto: where should_compile() says it pays; on; off
+        self.compile_mode = compile_mode  # auto: where should_compile() says it pays; on; off
 
     @classmethod
     def load(
@@ -208,8 +216,8 @@ class HFClassifier:
             resolve_labels(id2label, positive_index, labels),
             min(max_length or model_limit, model_limit),
             info,
+            compile,
         )
-        classifier.compile_mode = compile
         log.info(
             "model loaded",
             extra={"fields": {**info, "labels": classifier.labels, "max_length": classifier.max_length,
