@@ -10,7 +10,6 @@ else the hub default), streams reviews, shows results as they arrive, and stops 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import signal
@@ -25,25 +24,14 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
+from worker.evaluation import read_nsmc_rows
+
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 STAND_IN = REPO.parent / "shared" / "models" / "koelectra-small-v3-nsmc-scratch"
 FULL_TEST = REPO.parent / "shared" / "data" / "ratings_test.txt"
 SAMPLE = REPO / "tests" / "data" / "nsmc_sample.tsv"
 KOREAN = {"positive": "긍정", "negative": "부정"}
-
-
-def read_reviews(path: Path, limit: int) -> list[tuple[str, str, int]]:
-    rows = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        for doc_id, document, label in reader:
-            if document.strip():
-                rows.append((doc_id, document, int(label)))
-            if len(rows) >= limit:
-                break
-    return rows
 
 
 def free_port() -> int:
@@ -160,7 +148,7 @@ def main() -> int:
 
         print("loading the model and joining the consumer group ...", flush=True)
         wait_until_serving(metrics_port, worker, log_path)
-        reviews = read_reviews(args.data, args.messages)
+        reviews = read_nsmc_rows(args.data, args.messages)
         truth = {doc_id: label for doc_id, _, label in reviews}
         results, elapsed = stream_and_view(bootstrap, topics, run_id, reviews, worker, log_path, args.rate, args.show)
 

@@ -58,12 +58,9 @@ def tiny_classifier(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def nsmc_rows() -> list[tuple[str, str, int]]:
     """(id, document, label) from the committed NSMC sample, non-empty documents only."""
-    rows = []
-    for line in NSMC_SAMPLE.read_text(encoding="utf-8").splitlines()[1:]:
-        doc_id, document, label = line.split("\t")
-        if document.strip():
-            rows.append((doc_id, document, int(label)))
-    return rows
+    from worker.evaluation import read_nsmc_rows
+
+    return read_nsmc_rows(NSMC_SAMPLE)
 
 
 class LocalBroker:

@@ -12,9 +12,9 @@ from tqdm import tqdm
 from worker.model import Classifier, classify_encoded
 
 
-def read_nsmc(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
-    """(document, label) rows; NSMC has literal quotes, so no CSV quoting. Empty documents are skipped."""
-    rows: list[tuple[str, int]] = []
+def read_nsmc_rows(path: Path, limit: int | None = None) -> list[tuple[str, str, int]]:
+    """(id, document, label) rows; NSMC has literal quotes, so no CSV quoting. Empty documents are skipped."""
+    rows: list[tuple[str, str, int]] = []
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader)
@@ -24,10 +24,15 @@ def read_nsmc(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
             if len(row) != 3 or row[2] not in ("0", "1"):
                 raise ValueError(f"{path}:{line_no}: expected 3 columns with label 0 or 1, got {row!r}")
             if row[1].strip():
-                rows.append((row[1], int(row[2])))
+                rows.append((row[0], row[1], int(row[2])))
             if limit is not None and len(rows) >= limit:
                 break
     return rows
+
+
+def read_nsmc(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
+    """(document, label) rows of :func:`read_nsmc_rows`."""
+    return [(document, label) for _, document, label in read_nsmc_rows(path, limit)]
 
 
 def evaluate(
