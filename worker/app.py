@@ -1,104 +1,85 @@
-"""The worker loop: consume → decode → batch → classify → publish → commit.
+"""The worker loop: start → serve (poll, accept, dispatch, publish) → shutdown, each within a deadline.
 
-Two threads. The main thread owns every Kafka call: it polls, decodes and
-tokenizes, closes batches, publishes finished batches, handles delivery reports
-and stores offsets. The inference thread only runs the model, so Kafka I/O and
-tokenization overlap with inference and the consumer is served (and stays in
-its group) however long a batch takes.
+Two threads. The main thread owns every Kafka call: it polls, decodes and tokenizes, closes
+windows, hands them to the inference stage (:mod:`worker.inference`, the model's own thread),
+renders finished windows into deliveries and gives them to the publisher
+(:mod:`worker.publishing`: at-least-once or transactional), which owns producing, delivery-report
+policy, commits and rewinds. Back-pressure (:mod:`worker.backpressure`) pauses reading while too
+much is in flight.
 
-Batches ("windows") are published strictly in the order they were consumed;
-with exactly-once delivery each window is one transaction carrying its input
-offsets.
+Everything consumed from a partition carries the partition's epoch; revoking, losing or
+rewinding the partition renews it, so nothing consumed before is published or committed after.
+Failures that concern one record end in the dead-letter topic; failures that concern everything
+(:class:`~worker.errors.FatalError`) make the worker not-ready, commit only what was delivered,
+and end it with exit code 4.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable
 
-from worker.batching import Batcher, Window
-from worker.errors import WorkerError
-from worker.kafka_io import KafkaClients, OffsetTracker, Partition, RebalanceHandlers, transaction_retriable
-from worker.metrics import Health, WorkerMetrics
-from worker.model import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
-from worker.records import (
-    INFERENCE_ERROR,
-    Comment,
-    InputRecord,
-    Prediction,
-    Rejection,
-    dead_letter_headers,
-    decode,
-    encode_result,
+from worker.backpressure import Backpressure
+from worker.batching import Batcher
+from worker.errors import FatalError
+from worker.inference import Classified, Entry, InferenceStage, ModelBroken
+from worker.kafka_io import (
+    ClientError,
+    ClientEvents,
+    ErrorKind,
+    KafkaCallError,
+    KafkaPort,
+    OffsetTracker,
+    Partition,
+    PartitionEpochs,
+    PartitionProgress,
 )
+from worker.metrics import Health, WorkerMetrics
+from worker.model import Classifier, Encoding
+from worker.outputs import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
+from worker.publishing import AtLeastOncePublisher, TransactionalPublisher, fatal_for
+from worker.records import TOKENIZE_ERROR, Comment, InputRecord, Rejection, decode_safely
+from worker.routing import check_labels
 from worker.settings import Settings
+from worker.throttle import Throttle
+from worker.watchdog import Overrun, Watchdog, exit_line, hard_exit
 
 log = logging.getLogger(__name__)
 
 POLL_CHUNK = 1000
 IDLE_POLL_S = 0.1
-BUSY_POLL_S = 0.005
+BUSY_WAIT_S = 0.005
+# A text every sentiment model classifies: when the model raises for some texts, it is tried
+# once more on this one, to tell a broken model from texts the model cannot take.
+CANARY_TEXT = "이 영화 정말 재밌다!"
+EXIT_CLEAN, EXIT_UNFINISHED, EXIT_FATAL = 0, 3, 4
+FATAL_STOP_S = 10.0
 
 
-@dataclass
-class Entry:
-    """One consumed record inside a window, with what became of it."""
+def default_clients(settings: Settings, events: ClientEvents, watchdog: Watchdog) -> KafkaPort:
+    from worker.kafka_io.clients import KafkaClients
 
-    item: Comment | Rejection
-    encoding: Encoding | None = None
-    prediction: Prediction | None = None
-
-    @property
-    def record(self) -> InputRecord:
-        return self.item.record
+    return KafkaClients(settings, events, watchdog)
 
 
-@dataclass
-class Classified:
-    window: Window[Entry]
-    generation: int
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    inference_s: float = 0.0
-    failures: dict[int, str] = field(default_factory=dict)
+def overrun_handler(health: Health, metrics: WorkerMetrics) -> Callable[[Overrun], None]:
+    """What the watchdog does (on its own thread) when a call is stuck: not-ready, one line, exit."""
 
+    def on_overrun(overrun: Overrun) -> None:
+        if overrun.exit_code == EXIT_FATAL:
+            health.block("stuck_call", overrun.describe())
+            metrics.blocked.labels(reason="stuck_call").set(1)
+        metrics.ready.set(0)
+        log.critical("%s; exiting so that a fresh process takes over", overrun.describe())
+        hard_exit(overrun.exit_code, exit_line(overrun.exit_code, overrun.describe()))
 
-@dataclass(frozen=True)
-class Outgoing:
-    """A record on its way to the broker; comes back with its delivery report."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    source: InputRecord
-    reason: str | None  # None for a result, the dead-letter reason otherwise
-    label: str | None = None
-
-
-def classify_isolating(
-    classifier: Classifier, encodings: Sequence[Encoding], sub_batch_max_tokens: int
-) -> tuple[list[list[float] | None], dict[int, str], BatchOutcome | None]:
-    """Classify; if the model raises, split in halves until the failing texts are isolated."""
-    try:
-        outcome = classify_encoded(classifier, encodings, sub_batch_max_tokens)
-        return list(outcome.probabilities), {}, outcome
-    except Exception as exc:  # noqa: BLE001 - any model failure must not stop the stream
-        if len(encodings) == 1:
-            return [None], {0: f"{type(exc).__name__}: {exc}"}, None
-    middle = len(encodings) // 2
-    left, left_failed, _ = classify_isolating(classifier, encodings[:middle], sub_batch_max_tokens)
-    right, right_failed, _ = classify_isolating(classifier, encodings[middle:], sub_batch_max_tokens)
-    failures = {**left_failed, **{i + middle: reason for i, reason in right_failed.items()}}
-    return left + right, failures, None
+    return on_overrun
 
 
 class Worker:
-    """One worker process. ``run`` blocks until ``request_stop`` (or a fatal error)."""
+    """One worker process. :meth:`run` blocks until :meth:`request_stop` or a fatal error."""
 
     def __init__(
         self,
@@ -106,40 +87,49 @@ class Worker:
         classifier: Classifier,
         metrics: WorkerMetrics | None = None,
         health: Health | None = None,
-        clients_factory: Callable[..., KafkaClients] = KafkaClients,
+        clients_factory: Callable[[Settings, ClientEvents, Watchdog], KafkaPort] = default_clients,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        watchdog: Watchdog | None = None,
     ) -> None:
+        check_labels(settings.routes, classifier.labels)
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or WorkerMetrics()
         self.health = health or Health()
         self._clock = clock
         self._wall_clock = wall_clock
-        self.clients = clients_factory(
-            settings,
-            RebalanceHandlers(self._on_assigned, self._on_revoked, self._on_lost),
-            on_lag=self.metrics.set_lag,
-            on_error=lambda kind, fatal: self.metrics.errors.labels(kind=f"kafka_{kind}").inc(),
+        self.watchdog = watchdog or Watchdog(on_overrun=overrun_handler(self.health, self.metrics), clock=clock)
+        events = ClientEvents(
+            self._on_assigned, self._on_revoked, self._on_lost, self._on_client_error, self._on_progress,
+            on_wait=self._raise_if_fatal,
         )
-        self.exactly_once = settings.delivery == "exactly_once"
-        self.model_ref = {"id": classifier.info.get("model", "?"), "revision": classifier.info.get("revision", "?")}
-        self._batcher: Batcher[Entry] = Batcher(
+        self.port = clients_factory(settings, events, self.watchdog)
+        self.tracker = OffsetTracker()
+        self.epochs = PartitionEpochs()
+        self.batcher: Batcher[Entry] = Batcher(
             settings.batch_max_messages, settings.batch_max_tokens, settings.batch_max_wait_ms / 1000, clock
         )
-        self._tracker = OffsetTracker()
-        self._todo: queue.Queue[tuple[Window[Entry], int] | None] = queue.Queue()
-        self._done: queue.Queue[Classified] = queue.Queue()
-        self._windows_in_pipeline = 0
-        self._generation = 0
-        self._paused = False
+        self.model_ref = {"id": classifier.info.get("model", "?"), "revision": classifier.info.get("revision", "?")}
+        self.renderer = Renderer(
+            settings.output_topic, settings.dlq_topic, self.model_ref, settings.routes, self.port.max_record_bytes
+        )
+        publisher = TransactionalPublisher if self.port.transactional else AtLeastOncePublisher
+        self.publisher = publisher(self.port, self, self.renderer, clock, wall_clock)
+        self.backpressure = Backpressure(self.port, settings.max_in_flight_messages)
+        self.inference: InferenceStage | None = None
+        self.exit_code = EXIT_CLEAN
+        self.fatal: FatalError | None = None
         self._stop = threading.Event()
-        self._inference_thread: threading.Thread | None = None
-        self._inference_error: BaseException | None = None
+        self._started = False
+        self._pending_fatal: FatalError | None = None
+        self._access_since: float | None = None
+        self._deadline: float | None = None  # the one shutdown deadline, once stopping
+        self._throttle = Throttle(10.0, clock)
 
     # --- control ---
     def request_stop(self) -> None:
-        """Safe from a signal handler: only sets a flag."""
+        """Safe from any thread and from a signal handler: only sets a flag."""
         self._stop.set()
 
     @property
@@ -147,300 +137,346 @@ class Worker:
         return self._stop.is_set()
 
     def run(self) -> bool:
-        """Serve until stopped. Returns True if everything in flight was finished before the deadline."""
-        self.clients.start()
-        self._inference_thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
-        self._inference_thread.start()
-        self.metrics.ready.set(1)
+        """Serve until stopped. True if everything in flight was finished; see :attr:`exit_code`."""
+        self.watchdog.start()
+        self.health.set_phase("starting")
         try:
+            self._start()
+            self.health.set_phase("serving")
+            self.metrics.ready.set(1)
             while not self._stop.is_set():
                 self._step()
+        except FatalError as exc:
+            self.fatal = exc
+        except KafkaCallError as exc:
+            self.fatal = fatal_for(exc.error, exc.call)
         finally:
-            self.health.stopping = True
             self.metrics.ready.set(0)
+        if self.fatal is not None:
+            return self._stop_after_fatal()
         return self._shutdown()
+
+    def _start(self) -> None:
+        canary: Encoding = self.classifier.encode([CANARY_TEXT])[0]
+        self.inference = InferenceStage(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
+        self.port.start([route.topic for route in self.settings.routes])
+        self._started = True
+        self.inference.start()
 
     # --- the loop ---
     def _step(self) -> None:
         self.health.beat()
-        busy = self._windows_in_pipeline > 0 or len(self._tracker) > 0
-        timeout = BUSY_POLL_S if busy else IDLE_POLL_S
-        # A window whose wait is over keeps filling (up to its size limits) while the model is
-        # busy with the previous one: it could not start sooner anyway, and under load batches
-        # grow with the traffic instead of queueing up as many small ones. A message therefore
-        # waits at most the batch wait plus the batch ahead of it plus its own.
-        model_backlogged = self._windows_in_pipeline > 0
-        if not model_backlogged:
-            timeout = min(timeout, self._batcher.time_left())
-        records = self.clients.poll(POLL_CHUNK, timeout)
+        self._raise_if_fatal()
+        stage = self.inference
+        assert stage is not None
+        if stage.busy:
+            # The model is working: read what has arrived without waiting, and otherwise wait for
+            # the model (not for Kafka), so a finished window is published the moment it is done.
+            records = self.port.poll(POLL_CHUNK, 0)
+            if not records:
+                self._publish(stage.take(BUSY_WAIT_S))
+        else:
+            timeout = BUSY_WAIT_S if len(self.tracker) else IDLE_POLL_S
+            records = self.port.poll(POLL_CHUNK, min(timeout, self.batcher.time_left()))
         if records:
             self._accept(records)
-        if self._batcher.is_due() and not model_backlogged:
+        if self.batcher.is_due() and not stage.busy:
             self._dispatch()
-        self._publish_finished()
-        self.clients.serve_producer(0)
-        self._handle_reports()
-        self._store_offsets()
-        self._apply_backpressure()
-        if self._inference_error is not None:
-            raise WorkerError(f"inference thread died: {self._inference_error!r}")
+        self._publish(stage.take())
+        self.publisher.step()
+        self.backpressure.update(len(self.tracker))
+        self.metrics.in_flight.set(len(self.tracker))
+
+    def _raise_if_fatal(self) -> None:
+        if self._pending_fatal is not None:
+            raise self._pending_fatal
+        if self._access_since is not None:
+            refused_for = self._clock() - self._access_since
+            if refused_for >= self.settings.access_failure_timeout_s:
+                raise FatalError(
+                    "access_denied",
+                    f"the cluster has refused the worker's credentials or permissions for {refused_for:.0f} s "
+                    f"({self.health.blocked.get('access_denied', '')})",
+                )
+        stage = self.inference
+        if stage is not None and stage.error is not None:
+            if isinstance(stage.error, ModelBroken):
+                raise FatalError("model_broken", str(stage.error))
+            raise FatalError("model_broken", f"the inference thread failed: {stage.error!r}")
 
     def _accept(self, records: list[InputRecord]) -> None:
-        s = self.settings
-        items = [decode(r, s.input_format, s.text_field, s.max_message_bytes) for r in records]
-        comments = [i for i in items if isinstance(i, Comment)]
-        encodings = iter(self.classifier.encode([c.text for c in comments]) if comments else [])
-        for item in items:
-            record = item.record
-            self._tracker.add((record.topic, record.partition), record.offset)
+        now = self._clock()
+        self._access_ok()
+        for record, item, encoding in self._prepare(records):
+            partition = (record.topic, record.partition)
+            epoch = self.epochs.of(partition)
+            if epoch is None:
+                continue  # its partition was revoked while this poll was being served
+            self.tracker.add(partition, record.offset)
             self.metrics.consumed.labels(topic=record.topic).inc()
-            if isinstance(item, Comment):
-                encoding = next(encodings)
-                if self._batcher.would_overflow(len(encoding.ids)):
+            entry = Entry(item, epoch, now, encoding)
+            if encoding is not None:
+                if self.batcher.would_overflow(len(encoding.ids)):
                     self._dispatch()
-                self._batcher.add(Entry(item, encoding), len(encoding.ids))
+                self.batcher.add(entry, len(encoding.ids))
             else:
-                self._batcher.add(Entry(item), None)
-            if self._batcher.is_full():
+                self.batcher.add(entry, None)
+            if self.batcher.is_full():
                 self._dispatch()
-        self.metrics.in_flight.set(len(self._tracker))
+        self.metrics.in_flight.set(len(self.tracker))
+
+    def _prepare(self, records: list[InputRecord]) -> list[tuple[InputRecord, Comment | Rejection, Encoding | None]]:
+        """Decode every record and tokenize the texts of the poll in one call (text by text if it fails)."""
+        s = self.settings
+        items = [decode_safely(r, s.input_format, s.text_field, s.max_message_bytes) for r in records]
+        texts = [item.text for item in items if isinstance(item, Comment)]
+        try:
+            encodings: list[Encoding | Exception] = list(self.classifier.encode(texts)) if texts else []
+        except Exception:  # noqa: BLE001 - find the culprits one by one
+            encodings = [self._encode_one(text) for text in texts]
+        prepared: list[tuple[InputRecord, Comment | Rejection, Encoding | None]] = []
+        pending = iter(encodings)
+        for record, item in zip(records, items):
+            if isinstance(item, Comment):
+                encoding = next(pending)
+                if isinstance(encoding, Exception):
+                    detail = f"the tokenizer failed: {type(encoding).__name__}: {encoding}"[:1000]
+                    prepared.append((record, Rejection(record, TOKENIZE_ERROR, detail), None))
+                    continue
+                prepared.append((record, item, encoding))
+            else:
+                prepared.append((record, item, None))
+        return prepared
+
+    def _encode_one(self, text: str) -> Encoding | Exception:
+        try:
+            return self.classifier.encode([text])[0]
+        except Exception as exc:  # noqa: BLE001 - this text alone: it becomes a dead letter
+            return exc
 
     def _dispatch(self) -> None:
-        if len(self._batcher) == 0:
+        if len(self.batcher) == 0:
             return
-        window = self._batcher.take()
+        window = self.batcher.take()
         self.metrics.batch_wait.observe(window.closed_at - window.opened_at)
-        self._windows_in_pipeline += 1
-        self._todo.put((window, self._generation))
+        batching = self.metrics.stage_seconds.labels(stage="batching")
+        for entry in window.items:
+            batching.observe(window.closed_at - entry.arrived_at)
+        assert self.inference is not None
+        self.inference.submit(window)
 
-    def _inference_loop(self) -> None:
-        try:
-            while (job := self._todo.get()) is not None:
-                window, generation = job
-                self._done.put(self._classify_window(window, generation))
-        except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which stops
-            self._inference_error = exc
+    def _publish(self, finished: list[Classified]) -> None:
+        for job in finished:
+            self._observe_window(job)
+            now_ms = self._wall_clock() * 1000
+            deliveries = [
+                self.renderer.render(entry, now_ms)
+                for entry in job.window.items
+                if self.epochs.is_current((entry.record.topic, entry.record.partition), entry.epoch)
+            ]
+            self.publisher.publish(deliveries)
 
-    def _classify_window(self, window: Window[Entry], generation: int) -> Classified:
-        entries = [e for e in window.items if e.encoding is not None]
-        result = Classified(window, generation)
-        if not entries:
-            return result
-        started = time.perf_counter()
-        probabilities, failures, outcome = classify_isolating(
-            self.classifier, [e.encoding for e in entries], self.settings.sub_batch_max_tokens  # type: ignore[misc]
-        )
-        result.inference_s = time.perf_counter() - started
-        labels = self.classifier.labels
-        for index, (entry, probs) in enumerate(zip(entries, probabilities)):
-            if probs is not None and entry.encoding is not None:
-                entry.prediction = to_prediction(probs, labels, entry.encoding)
-        for index, reason in failures.items():
-            entries[index].item = Rejection(entries[index].record, INFERENCE_ERROR, reason)
-        result.failures = failures
-        if outcome is not None:
-            result.real_tokens, result.padded_tokens = outcome.real_tokens, outcome.padded_tokens
-        else:
-            result.real_tokens = sum(len(e.encoding.ids) for e in entries if e.encoding is not None)
-            result.padded_tokens = result.real_tokens
-        return result
-
-    # --- publishing ---
-    def _publish_finished(self, block_s: float = 0.0) -> None:
-        while True:
-            try:
-                finished = self._done.get(timeout=block_s) if block_s else self._done.get_nowait()
-            except queue.Empty:
-                return
-            block_s = 0.0
-            self._windows_in_pipeline -= 1
-            if finished.generation != self._generation:
-                continue  # consumed before a rewind; those records are being read again
-            self._observe_batch(finished)
-            self._publish(finished.window)
-
-    def _observe_batch(self, finished: Classified) -> None:
+    def _observe_window(self, job: Classified) -> None:
         m = self.metrics
-        classified = [e for e in finished.window.items if e.prediction is not None]
-        if finished.failures:
-            m.errors.labels(kind="inference").inc(len(finished.failures))
+        now = self._clock()
+        count = len(job.window.items)
+        for stage, seconds in (("queued", job.started_at - job.dispatched_at), ("inference", job.inference_s),
+                               ("publish", now - job.finished_at)):
+            histogram = m.stage_seconds.labels(stage=stage)
+            for _ in range(count):
+                histogram.observe(max(0.0, seconds))
+        if job.failures:
+            m.errors.labels(kind="inference").inc(len(job.failures))
+        classified = [e for e in job.window.items if e.prediction is not None]
         if not classified:
             return
         m.batch_messages.observe(len(classified))
-        m.batch_tokens.observe(finished.real_tokens)
-        m.real_tokens.inc(finished.real_tokens)
-        m.padded_tokens.inc(finished.padded_tokens)
-        if finished.padded_tokens:
-            m.padding_efficiency.set(finished.real_tokens / finished.padded_tokens)
-        m.inference_seconds.observe(finished.inference_s)
-        m.inference_per_message.observe(finished.inference_s / len(classified))
+        m.batch_tokens.observe(job.real_tokens)
+        m.real_tokens.inc(job.real_tokens)
+        m.padded_tokens.inc(job.padded_tokens)
+        if job.padded_tokens:
+            m.padding_efficiency.set(job.real_tokens / job.padded_tokens)
+        m.inference_seconds.observe(job.inference_s)
+        m.inference_per_message.observe(job.inference_s / len(classified))
         for entry in classified:
             assert entry.prediction is not None
             m.score.observe(entry.prediction.score)
 
-    def _outgoing(self, entry: Entry, now_ms: float) -> Outgoing:
-        record = entry.record
-        item = entry.item
-        if isinstance(item, Rejection):
-            return Outgoing(
-                self.settings.dlq_topic,
-                record.key,
-                record.value,
-                dead_letter_headers(item, self.model_ref["id"], now_ms),
-                record,
-                item.reason,
-            )
-        assert entry.prediction is not None
-        value = encode_result(item, entry.prediction, self.model_ref, now_ms)
-        return Outgoing(
-            self.settings.output_topic, record.key, value, list(record.headers), record, None, entry.prediction.label
-        )
+    # --- what the publisher calls back (the Pipeline protocol) ---
+    def is_current(self, delivery: Delivery) -> bool:
+        return self.epochs.is_current(delivery.partition, delivery.epoch)
 
-    def _publish(self, window: Window[Entry]) -> None:
-        now_ms = self._wall_clock() * 1000
-        outgoing = [self._outgoing(entry, now_ms) for entry in window.items]
-        if not self.exactly_once:
-            for out in outgoing:
-                self._send(out)
-            return
-        positions: dict[Partition, int] = {}
-        for out in outgoing:
-            source = out.source
-            partition = (source.topic, source.partition)
-            positions[partition] = max(positions.get(partition, 0), source.offset + 1)
-        self._publish_transaction(outgoing, positions)
-
-    def _send(self, out: Outgoing) -> None:
-        self.clients.produce(out.topic, out.key, out.value, out.headers, out)
-
-    def _publish_transaction(self, outgoing: list[Outgoing], positions: dict[Partition, int]) -> None:
-        try:
-            self.clients.begin_transaction()
-            for out in outgoing:
-                self._send(out)
-            self._commit_transaction(positions)
-        except Exception as exc:  # noqa: BLE001 - any failure: abort, then re-read what was not committed
-            self.metrics.errors.labels(kind="transaction").inc()
-            log.warning("transaction failed; aborting and re-reading from the committed offsets: %s", exc)
-            self.clients.take_reports()
-            try:
-                self.clients.abort_transaction()
-            except Exception as abort_error:  # noqa: BLE001 - fenced or fatal: a restart is the way out
-                raise WorkerError("transaction could not be aborted; exiting to be restarted") from abort_error
-            self._rewind()
-            return
-        self.clients.take_reports()  # delivered inside the committed transaction
-        for out in outgoing:
-            self._delivered(out)
-
-    def _commit_transaction(self, positions: dict[Partition, int], attempts: int = 5) -> None:
-        for attempt in range(1, attempts + 1):
-            try:
-                self.clients.commit_transaction(positions)
-                return
-            except Exception as exc:  # noqa: BLE001 - classified below
-                retriable, needs_abort = transaction_retriable(exc)
-                if needs_abort or not retriable or attempt == attempts:
-                    raise
-                log.warning("transaction commit failed (attempt %d), retrying: %s", attempt, exc)
-
-    def _rewind(self) -> None:
-        """After an aborted transaction: drop all in-flight work and re-read from the committed offsets."""
-        assigned = self.clients.assignment()
-        committed = self.clients.committed(assigned)
-        self._generation += 1
-        self._batcher.take()
-        self._tracker.forget(assigned)
-        self.clients.rewind(committed)
-        log.warning("rewound to committed offsets %s after an aborted transaction", committed)
-
-    def _handle_reports(self) -> None:
-        for out, error in self.clients.take_reports():
-            if error is None:
-                self._delivered(out)
-            else:
-                # librdkafka already retried for message.timeout.ms; keep trying rather than skip.
-                self.metrics.errors.labels(kind="delivery").inc()
-                log.warning("delivery to %s failed (%s); retrying", out.topic, error)
-                self._send(out)
-
-    def _delivered(self, out: Outgoing) -> None:
+    def done(self, delivery: Delivery) -> None:
         m = self.metrics
-        source = out.source
-        self._tracker.mark_done((source.topic, source.partition), source.offset)
-        if out.reason is None:
-            m.produced.labels(topic=out.topic).inc()
-            m.predictions.labels(label=out.label).inc()
-            if source.timestamp_ms:
-                m.end_to_end.observe(max(0.0, self._wall_clock() - source.timestamp_ms / 1000))
-        else:
-            m.dead_letters.labels(reason=out.reason).inc()
+        source = delivery.source
+        self.tracker.mark_done(delivery.partition, source.offset)
+        m.stage_seconds.labels(stage="delivery").observe(max(0.0, self._clock() - delivery.produced_at))
+        self._access_ok()
+        for message in delivery.messages:
+            if message.kind == RESULT:
+                m.produced.labels(topic=message.topic).inc()
+                m.predictions.labels(label=message.label).inc()
+                if source.timestamp_ms:
+                    m.end_to_end.observe(max(0.0, self._wall_clock() - source.timestamp_ms / 1000))
+            elif message.kind == ROUTED:
+                m.routed.labels(route=message.route).inc()
+            elif message.kind == DEAD_LETTER:
+                m.dead_letters.labels(reason=message.reason).inc()
 
-    def _store_offsets(self) -> None:
-        positions = self._tracker.committable()
-        if positions and not self.exactly_once:
-            self.clients.store_offsets(positions)
-        self.metrics.in_flight.set(len(self._tracker))
+    def replay(self, reason: str) -> None:
+        """Drop everything unfinished and read it again from each partition's first unfinished record."""
+        positions = self.tracker.unfinished()
+        self.epochs.renew(positions)
+        self.tracker.forget(positions)
+        self.batcher.take()  # whatever it held is stale now
+        self.port.seek(positions)
+        self.metrics.errors.labels(kind="replay").inc()
+        log.warning("replaying from the first unfinished records: %s", reason,
+                    extra={"fields": {"positions": {f"{t}[{p}]": o for (t, p), o in positions.items()}}})
 
-    def _apply_backpressure(self) -> None:
-        in_flight = len(self._tracker)
-        limit = self.settings.max_in_flight_messages
-        if not self._paused and in_flight >= limit:
-            self._paused = True
-            self.clients.pause(self.clients.assignment())
-        elif self._paused and in_flight < limit // 2:
-            self._paused = False
-            self.clients.resume(self.clients.assignment())
+    def beat(self) -> None:
+        self.health.beat()
 
-    # --- draining, rebalancing, shutdown ---
-    def _drain(self, deadline: float) -> bool:
-        """Finish every consumed record: classify, publish, wait for acknowledgements."""
-        self._dispatch()
-        while self._clock() < deadline:
-            self._publish_finished(block_s=0.01 if self._windows_in_pipeline else 0.0)
-            self.clients.serve_producer(0.01)
-            self._handle_reports()
-            if self._inference_error is not None:
-                return False
-            if self._windows_in_pipeline == 0 and len(self._tracker) == 0:
-                return True
-        return False
-
+    # --- client events (inside poll, on the main thread) ---
     def _on_assigned(self, partitions: list[Partition]) -> None:
-        self.health.partitions += len(partitions)
+        for partition in partitions:
+            self.epochs.assign(partition)
+        self.health.partitions = len(self.epochs.owned())
+        self.backpressure.on_assigned(partitions)
+        self._access_ok()
         log.info("partitions assigned", extra={"fields": {"partitions": partitions}})
-        if self._paused:
-            self.clients.pause(partitions)
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
         log.info("partitions revoked; finishing their in-flight records", extra={"fields": {"partitions": partitions}})
-        finished = self._drain(self._clock() + self.settings.shutdown_timeout_s)
-        if not finished:
-            log.warning("in-flight records not finished before revocation; the new owner will re-read them")
-        self._store_offsets()
-        if not self.exactly_once:
-            self.clients.commit(self._tracker.positions(partitions))
-        self._tracker.forget(partitions)
-        self.health.partitions = max(0, self.health.partitions - len(partitions))
+        if self.fatal is None and self._started:
+            # One deadline: during shutdown the revocation shares the shutdown's.
+            deadline = self._deadline if self._deadline is not None else self._clock() + self.settings.shutdown_timeout_s
+            if not self._finish(deadline):
+                log.warning("in-flight records not finished before revocation; the new owner will read them again")
+                self._abandon(deadline)
+        self.publisher.release(partitions)
+        self._forget(partitions)
 
     def _on_lost(self, partitions: list[Partition]) -> None:
-        log.warning("partitions lost; their uncommitted records will be re-read by the new owner",
+        log.warning("partitions lost; their uncommitted records will be read again by the new owner",
                     extra={"fields": {"partitions": partitions}})
-        self._tracker.forget(partitions)
-        self.health.partitions = max(0, self.health.partitions - len(partitions))
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[Partition]) -> None:
+        self.tracker.forget(partitions)
+        self.epochs.release(partitions)
+        self.health.partitions = len(self.epochs.owned())
+
+    def _on_client_error(self, error: ClientError) -> None:
+        self.metrics.errors.labels(kind=f"kafka_{error.code}").inc()
+        if error.kind == ErrorKind.ACCESS:
+            if self._access_since is None:
+                self._access_since = self._clock()
+                self.metrics.blocked.labels(reason="access_denied").set(1)
+            self.health.block("access_denied", str(error))
+        elif error.kind == ErrorKind.FATAL and self._pending_fatal is None:
+            self._pending_fatal = fatal_for(error, "kafka client")
+        allowed, left_out = self._throttle.allow(error.code)
+        if allowed:
+            more = f" ({left_out} more like it)" if left_out else ""
+            if error.kind == ErrorKind.ACCESS:
+                log.error("the cluster refuses the worker: %s%s; exiting in %.0f s unless it recovers", error, more,
+                          self.settings.access_failure_timeout_s - (self._clock() - (self._access_since or self._clock())))
+            else:
+                log.warning("kafka: %s%s", error, more)
+
+    def _access_ok(self) -> None:
+        if self._access_since is not None:
+            self._access_since = None
+            self.health.unblock("access_denied")
+            self.metrics.blocked.labels(reason="access_denied").set(0)
+            log.info("the cluster accepts the worker again")
+
+    def _on_progress(self, progress: dict[Partition, PartitionProgress]) -> None:
+        """Lag = end of the log (last stable offset when reading committed) − the first record not yet done."""
+        lag: dict[Partition, int] = {}
+        for partition, p in progress.items():
+            end = p.end(self.port.read_committed)
+            position = self.tracker.first_unfinished(partition)
+            if position is None:
+                position = self.tracker.position(partition)
+            if position is None:
+                position = p.committed if p.committed >= 0 else (p.position if p.position >= 0 else None)
+            if end >= 0 and position is not None:
+                lag[partition] = max(0, end - position)
+        self.metrics.set_lag(lag)
+
+    # --- draining, shutdown ---
+    def _finish(self, deadline: float) -> bool:
+        """Classify, publish and get acknowledged every record consumed so far, before ``deadline``."""
+        stage = self.inference
+        assert stage is not None
+        self._dispatch()
+        while True:
+            self.health.beat()
+            self._publish(stage.take(0.01 if stage.busy else 0.0))
+            self.publisher.step()
+            if not stage.busy and self.publisher.idle and len(self.tracker) == 0 and len(self.batcher) == 0:
+                return True
+            if self._clock() >= deadline or stage.error is not None:
+                return False
+            if not stage.busy:
+                self.port.serve(min(0.01, max(0.0, deadline - self._clock())))
+
+    def _abandon(self, deadline: float) -> None:
+        try:
+            self.publisher.abandon(deadline)
+        except FatalError as exc:
+            log.warning("could not abort the open transaction: %s", exc)
 
     def _shutdown(self) -> bool:
-        deadline = self._clock() + self.settings.shutdown_timeout_s
-        clean = self._drain(deadline)
-        self._store_offsets()
-        if not self.exactly_once:
-            self.clients.commit(self._tracker.positions())
-        self._todo.put(None)
-        undelivered = self.clients.flush(max(0.0, deadline - self._clock()))
-        self.clients.close()
-        if not clean or undelivered:
-            log.warning(
-                "stopped with unfinished records; they will be read again",
-                extra={"fields": {"in_flight": len(self._tracker), "undelivered": undelivered}},
-            )
-        return clean and not undelivered
+        self.health.set_phase("stopping")
+        timeout = self.settings.shutdown_timeout_s
+        self._deadline = self._clock() + timeout
+        reserve = min(2.0, 0.2 * timeout)  # kept for leaving the group
+        self.backpressure.freeze()
+        try:
+            clean = self._finish(self._deadline - reserve)
+            if not clean:
+                self._abandon(self._deadline - reserve / 2)
+            self.publisher.release(self.epochs.owned())
+        except (FatalError, KafkaCallError) as exc:
+            log.warning("shutdown: %s", exc)
+            clean = False
+        self._close(EXIT_UNFINISHED)
+        unfinished = len(self.tracker)
+        if not clean:
+            log.warning("stopped with unfinished records; they will be read again",
+                        extra={"fields": {"in_flight": unfinished}})
+        self.exit_code = EXIT_CLEAN if clean else EXIT_UNFINISHED
+        return clean
+
+    def _stop_after_fatal(self) -> bool:
+        fatal = self.fatal
+        assert fatal is not None
+        self.health.block(fatal.reason, fatal.detail)
+        self.health.set_phase("stopping")
+        self.metrics.blocked.labels(reason=fatal.reason).set(1)
+        self.metrics.errors.labels(kind=f"fatal_{fatal.reason}").inc()
+        log.critical("cannot go on (%s): %s; committing what was delivered and exiting", fatal.reason, fatal.detail)
+        self._deadline = self._clock() + min(self.settings.shutdown_timeout_s, FATAL_STOP_S)
+        if self._started:
+            self.backpressure.freeze()
+            try:
+                self.publisher.release(self.epochs.owned())
+            except KafkaCallError as exc:
+                log.warning("could not store the delivered offsets: %s", exc)
+            self._abandon(self._deadline - 1)
+            self._close(EXIT_FATAL)
+        self.exit_code = EXIT_FATAL
+        return False
+
+    def _close(self, exit_code: int) -> None:
+        if self.inference is not None:
+            self.inference.stop()
+        if self._started:
+            assert self._deadline is not None
+            self.port.close(max(0.5, self._deadline - self._clock()), exit_code=exit_code)
+
+
+__all__: list[Any] = ["Worker", "EXIT_CLEAN", "EXIT_UNFINISHED", "EXIT_FATAL"]

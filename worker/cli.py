@@ -7,14 +7,20 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from worker.errors import WorkerError
 from worker.settings import Settings, load_settings
 
 log = logging.getLogger("worker")
+
+# How far past WORKER_SHUTDOWN_TIMEOUT_S the process may run after SIGTERM before it is ended anyway.
+SHUTDOWN_MARGIN_S = 5.0
 
 SEED_SENTENCES = (
     "이 영화 정말 재밌다!",
@@ -55,6 +61,11 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("transformers", "httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # librdkafka repeats a failing connection's error on every retry: say each kind once per 10 s.
+    from worker.throttle import ThrottleFilter
+
+    librdkafka = logging.getLogger("librdkafka")
+    librdkafka.filters[:] = [ThrottleFilter(10.0)]
 
 
 def load_classifier(settings: Settings) -> Any:
@@ -73,51 +84,82 @@ def load_classifier(settings: Settings) -> Any:
     )
 
 
+class SignalWatcher:
+    """SIGTERM/SIGINT: the first one asks for a clean stop, a second one ends the process at once.
+
+    Python runs signal handlers on the main thread between bytecodes, and the main thread may be
+    inside librdkafka for a long time. The C part of the handler writes every signal to a wakeup
+    file descriptor right away, so a thread reading it can act whatever the main thread does.
+    """
+
+    def __init__(self, on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
+        self._on_first = on_first
+        self._on_second = on_second
+        self._seen = 0
+
+    def install(self) -> None:
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: None)  # the watcher thread does the work
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._sockets = (reader, writer)  # kept alive for the life of the process
+        threading.Thread(target=self._watch, args=(reader,), name="signals", daemon=True).start()
+
+    def _watch(self, reader: socket.socket) -> None:
+        while True:
+            for _ in reader.recv(64):
+                self._seen += 1
+                (self._on_first if self._seen == 1 else self._on_second)()
+
+
 def cmd_run(settings: Settings) -> int:
-    from worker.app import Worker
+    from worker.app import EXIT_FATAL, Worker, overrun_handler
     from worker.metrics import Health, MetricsServer, WorkerMetrics
+    from worker.watchdog import Watchdog, exit_line, hard_exit
 
-    # Handlers first: a SIGTERM while the model loads must still end the process cleanly.
-    worker: Worker | None = None
-    signals_seen = 0
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            os._exit(130)  # second signal: the operator wants out now
-        if worker is not None:
-            worker.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     # Tokenization runs on the loop thread beside inference; the tokenizer's own thread pool would
     # compete with torch for the cores (measured: 582 vs 511 messages/s end to end on 2 cores).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
     metrics = WorkerMetrics()
     health = Health()
+    watchdog = Watchdog(on_overrun=overrun_handler(health, metrics))
+    worker: Worker | None = None
+
+    def first_signal() -> None:
+        if worker is None:
+            log.info("stop requested during start-up; nothing was consumed")
+            hard_exit(0)
+        worker.request_stop()
+        # The structured shutdown keeps to WORKER_SHUTDOWN_TIMEOUT_S; this is the backstop.
+        watchdog.arm_exit(time.monotonic() + settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S, "the shutdown", 3)
+
+    def second_signal() -> None:
+        log.warning("second signal: exiting now")
+        hard_exit(130)
+
+    SignalWatcher(first_signal, second_signal).install()
+    watchdog.start()
     server = None
     if settings.metrics_port:
         server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, health)
         server.start()
-    try:
-        log.info("starting", extra={"fields": {"settings": settings.masked_dump()}})
-        classifier = load_classifier(settings)
-        classifier.warm_up()
-        metrics.model_info.info(classifier.info)
-        health.model_ready = True
-        log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
-        worker = Worker(settings, classifier, metrics, health)
-        if signals_seen:
-            log.info("stop requested during start-up; nothing was consumed")
-            return 0
-        clean = worker.run()
-    finally:
-        if server is not None:
-            server.stop()
-    log.info("stopped", extra={"fields": {"clean": clean}})
-    return 0 if clean else 3
+    log.info("starting", extra={"fields": {"settings": settings.masked_dump()}})
+    classifier = load_classifier(settings)
+    classifier.warm_up()
+    metrics.model_info.info(classifier.info)
+    log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
+    candidate = Worker(settings, classifier, metrics, health, watchdog=watchdog)
+    worker = candidate
+    clean = worker.run()
+    log.info("stopped", extra={"fields": {"clean": clean, "exit_code": worker.exit_code}})
+    if server is not None:
+        server.stop()
+    fatal = worker.fatal
+    # Exit without running the Kafka clients' destructors: with an unreachable broker they can
+    # block for minutes, and everything that matters was committed or abandoned above.
+    hard_exit(worker.exit_code, exit_line(EXIT_FATAL, f"{fatal.reason}: {fatal.detail}") if fatal else None)
+    return worker.exit_code  # not reached
 
 
 def cmd_classify(settings: Settings, texts: Sequence[str], as_json: bool) -> int:

@@ -20,10 +20,14 @@ class ModelLoadError(WorkerError):
         self.reason = reason
 
 
-class KafkaFatalError(WorkerError):
-    """librdkafka reported an error the worker cannot recover from."""
+class FatalError(WorkerError):
+    """The worker cannot go on (exit code 4); ``reason`` is one of :data:`FATAL_REASONS`."""
 
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(f"fatal Kafka error {code}: {reason}")
-        self.code = code
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        self.detail = detail
+
+
+# The label values of the worker_blocked gauge and the /readyz reasons.
+FATAL_REASONS = ("access_denied", "destination_unwritable", "model_broken", "stuck_call", "fenced", "kafka_fatal")

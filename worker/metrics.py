@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from worker.kafka_io import Partition
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PER_MESSAGE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -60,6 +60,9 @@ class WorkerMetrics:
             "worker_batch_wait_seconds", "Time a batch stayed open in the batcher.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.predictions = Counter("worker_predictions", "Predictions by winning label.", ["label"], registry=r)
+        self.routed = Counter(
+            "worker_routed", "Results copied to a moderation route's topic (acknowledged), by rule.", ["route"], registry=r
+        )
         self.score = Histogram("worker_prediction_score", "Probability of the winning label.", buckets=SCORE_BUCKETS, registry=r)
         self.lag = Gauge(
             "worker_consumer_lag_messages", "Consumer lag per partition (librdkafka statistics).",
@@ -71,6 +74,18 @@ class WorkerMetrics:
         self.model_info = Info("worker_model", "The loaded model.", registry=r)
         self.errors = Counter("worker_errors", "Errors by kind.", ["kind"], registry=r)
         self.ready = Gauge("worker_ready", "1 while the model is loaded and the worker is serving.", registry=r)
+        self.blocked = Gauge(
+            "worker_blocked",
+            "1 while the worker cannot go on for this reason (it then exits with code 4): access_denied, "
+            "destination_unwritable, model_broken, stuck_call, fenced, kafka_fatal.",
+            ["reason"], registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "worker_stage_seconds",
+            "Time each record spends in each stage of the loop: batching (poll to dispatch), queued (dispatch to "
+            "inference start), inference, publish (inference end to produce), delivery (produce to acknowledgement).",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self._lag_partitions: set[Partition] = set()
 
     def set_lag(self, lag: dict[Partition, int]) -> None:
@@ -82,28 +97,48 @@ class WorkerMetrics:
 
 
 class Health:
-    """What /healthz and /readyz answer. The loop beats; the server reads."""
+    """What /healthz and /readyz answer. The loop beats and sets the phase; the server reads.
+
+    Phases: ``loading`` (the model), ``starting`` (connecting, joining the group), ``serving``,
+    ``stopping``. Loading and starting count as alive: every step of them is bounded by the
+    watchdog. While serving, the loop must beat at least every ``stale_after_s``. Ready means
+    serving, alive and not blocked, so /readyz is never green while /healthz is red.
+    """
 
     def __init__(self, stale_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._stale_after_s = stale_after_s
         self._last_beat = clock()
-        self.model_ready = False
+        self.phase = "loading"
         self.partitions = 0
-        self.stopping = False
+        self.blocked: dict[str, str] = {}
 
     def beat(self) -> None:
         self._last_beat = self._clock()
 
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.beat()
+
+    def block(self, reason: str, detail: str) -> None:
+        self.blocked[reason] = detail
+
+    def unblock(self, reason: str) -> None:
+        self.blocked.pop(reason, None)
+
     def live(self) -> tuple[bool, dict[str, object]]:
-        if not self.model_ready:
-            return True, {"phase": "loading model"}  # the loop has not started; loading is not a hang
+        if self.phase in ("loading", "starting"):
+            return True, {"phase": self.phase}
         age = self._clock() - self._last_beat
-        return age <= self._stale_after_s, {"heartbeat_age_s": round(age, 3)}
+        return age <= self._stale_after_s, {"phase": self.phase, "heartbeat_age_s": round(age, 3)}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        ok = self.model_ready and not self.stopping
-        return ok, {"model_ready": self.model_ready, "assigned_partitions": self.partitions, "stopping": self.stopping}
+        alive, _ = self.live()
+        ok = self.phase == "serving" and alive and not self.blocked
+        detail: dict[str, object] = {"phase": self.phase, "alive": alive, "assigned_partitions": self.partitions}
+        if self.blocked:
+            detail["reason"] = "; ".join(f"{k}: {v}" for k, v in self.blocked.items())
+        return ok, detail
 
 
 class MetricsServer:

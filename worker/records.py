@@ -18,8 +18,14 @@ EMPTY_TEXT = "empty_text"
 TOO_LARGE = "too_large"
 TOMBSTONE = "tombstone"
 INFERENCE_ERROR = "inference_error"
+NON_STRICT_JSON = "non_strict_json"
+DECODE_ERROR = "decode_error"
+TOKENIZE_ERROR = "tokenize_error"
+ENCODE_ERROR = "encode_error"
+PRODUCE_ERROR = "produce_error"
 DEAD_LETTER_REASONS = (
     INVALID_UTF8, INVALID_JSON, NOT_AN_OBJECT, MISSING_TEXT, EMPTY_TEXT, TOO_LARGE, TOMBSTONE, INFERENCE_ERROR,
+    NON_STRICT_JSON, DECODE_ERROR, TOKENIZE_ERROR, ENCODE_ERROR, PRODUCE_ERROR,
 )
 
 HEADER_PREFIX = "worker."
@@ -107,6 +113,16 @@ def decode(
     if not text.strip():
         return Rejection(record, EMPTY_TEXT, "text is empty or whitespace only")
     return Comment(record, text, original)
+
+
+def decode_safely(
+    record: InputRecord, input_format: Literal["text", "json"], text_field: str = "text", max_bytes: int = 1_000_000
+) -> Comment | Rejection:
+    """:func:`decode`, with anything it raises for this one record turned into a rejection."""
+    try:
+        return decode(record, input_format, text_field, max_bytes)
+    except Exception as exc:  # noqa: BLE001 - RecursionError, MemoryError, ...: this record only
+        return Rejection(record, DECODE_ERROR, f"{type(exc).__name__}: {exc}"[:1000])
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -13,8 +13,10 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from worker.errors import ConfigError
+from worker.routing import Route, check_routes
 
 ENV_PREFIX = "WORKER_"
 DEFAULT_MODEL = "daekeun-ml/koelectra-small-v3-nsmc"
@@ -101,6 +103,11 @@ class Settings(BaseSettings):
         default_factory=dict, description="librdkafka property for the producer only (e.g. WORKER_KAFKA_PRODUCER_LINGER_MS)."
     )
 
+    routes: list[Route] = Field(
+        default_factory=list,
+        description='Moderation routes, a JSON list: each result is also copied to the topic of every rule that matches its label and score, e.g. [{"name": "flagged", "topic": "comments-flagged", "labels": ["negative"], "min_score": 0.9}, {"name": "review", "topic": "comments-review", "below": 0.6}].',
+    )
+
     # --- Input ---
     input_format: Literal["text", "json"] = Field("text", description="Input record value: raw UTF-8 text, or a JSON object.")
     text_field: str = Field("text", min_length=1, description="Dotted path to the text inside a JSON input (e.g. comment.body).")
@@ -138,7 +145,14 @@ class Settings(BaseSettings):
     )
 
     # --- Operations ---
-    shutdown_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM/SIGINT, finish in-flight work within this many seconds.")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0,
+        description="On SIGTERM/SIGINT, finish in-flight work, commit and leave the group within this many seconds (the process ends by then plus a few seconds, whatever the broker does).",
+    )
+    access_failure_timeout_s: float = Field(
+        60.0, gt=0,
+        description="Credentials or permissions refused by the cluster make the worker not-ready at once and end it (exit 4) after this many seconds.",
+    )
     metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics, /healthz and /readyz server.")
     metrics_port: int = Field(8000, ge=0, le=65535, description="Port of that server; 0 disables it.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object per line.")
@@ -172,6 +186,10 @@ class Settings(BaseSettings):
             raise ValueError("WORKER_DLQ_TOPIC must differ from the input and output topics")
         if self.input_topic == self.output_topic:
             raise ValueError("WORKER_OUTPUT_TOPIC must differ from WORKER_INPUT_TOPIC")
+        try:
+            check_routes(self.routes, (self.input_topic, self.output_topic, self.dlq_topic))
+        except ValueError as exc:
+            raise ValueError(f"WORKER_ROUTES: {exc}") from None
         return self
 
     @classmethod
@@ -192,9 +210,10 @@ class Settings(BaseSettings):
             file_secret_settings,
         )
 
-    def librdkafka(self, role: Literal["consumer", "producer"]) -> dict[str, str]:
-        """The pass-through librdkafka settings for one client, secrets revealed."""
-        merged = {**self.kafka, **(self.kafka_consumer if role == "consumer" else self.kafka_producer)}
+    def librdkafka(self, role: Literal["consumer", "producer", "common"]) -> dict[str, str]:
+        """The pass-through librdkafka settings for one client (``common``: the shared ones), secrets revealed."""
+        own = {"consumer": self.kafka_consumer, "producer": self.kafka_producer}.get(role, {})
+        merged = {**self.kafka, **own}
         return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in merged.items()}
 
     def masked_dump(self) -> dict[str, Any]:
@@ -211,6 +230,8 @@ def _variable_name(loc: tuple[Any, ...]) -> str:
     name = f"{ENV_PREFIX}{str(loc[0]).upper()}"
     if len(loc) > 1 and str(loc[0]).startswith("kafka"):
         name += "_" + str(loc[1]).upper().replace(".", "_")
+    elif len(loc) > 1:  # inside a JSON value, e.g. WORKER_ROUTES[1].min_score
+        name += "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
     return name
 
 
@@ -218,6 +239,12 @@ def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment; invalid values raise one readable ConfigError."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:
+        # pydantic-settings could not even parse a value (e.g. WORKER_ROUTES is not JSON).
+        match = re.search(r'field "(\w+)"', str(exc))
+        variable = f"{ENV_PREFIX}{match.group(1).upper()}" if match else "settings"
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid settings: {variable}: not valid JSON{cause}") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -232,7 +259,7 @@ def reference_table() -> str:
     lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        if default is None or default == {}:
+        if default is None or default == {} or default == []:
             shown = "—"
         else:
             shown = f"`{default}`"

@@ -41,7 +41,7 @@ def test_prometheus_scrapes_rates_and_latency(kafka_bootstrap, topics, tiny_clas
     binary = shutil.which("prometheus")
     assert binary, "prometheus (Debian package prometheus) is required; the test set-up installs it"
     metrics, health = WorkerMetrics(), Health()
-    health.model_ready = True
+    health.set_phase("serving")
     server = MetricsServer("127.0.0.1", 0, metrics.registry, health)
     server.start()
     prom_port = free_port()

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.unit.test_offsets_and_loop import FakeClassifier, make_worker, records, run_until_idle
+from tests.unit.test_loop import FakeClassifier, finish, make_worker
 from worker.metrics import Health, MetricsServer, WorkerMetrics
 
 
@@ -22,10 +22,10 @@ def sample(registry: CollectorRegistry, name: str, labels: dict | None = None) -
 @pytest.fixture
 def worked():
     values = ["좋다".encode(), "별로다 정말".encode(), b"\xff", None, "최고".encode()]
-    recs = records(values)
-    worker = make_worker(FakeClassifier(), recs)
+    worker, fake = make_worker(FakeClassifier(), routes=[{"name": "sure", "topic": "sure", "min_score": 0.5}])
+    fake.feed(0, values)
     worker.metrics.model_info.info(FakeClassifier.info)
-    run_until_idle(worker)
+    finish(worker, fake)
     return worker.metrics.registry
 
 
@@ -37,6 +37,7 @@ def test_counters(worked):
     positive = worked.get_sample_value("worker_predictions_total", {"label": "positive"}) or 0
     negative = worked.get_sample_value("worker_predictions_total", {"label": "negative"}) or 0
     assert positive + negative == 3
+    assert sample(worked, "worker_routed_total", {"route": "sure"}) == 3
 
 
 def test_batch_histograms_and_padding(worked):
@@ -53,12 +54,16 @@ def test_latency_histograms(worked):
     assert sample(worked, "worker_inference_per_message_seconds_count") >= 1
     assert sample(worked, "worker_end_to_end_latency_seconds_count") == 3
     assert sample(worked, "worker_batch_wait_seconds_count") >= 1
+    for stage in ("batching", "queued", "inference", "publish"):
+        assert sample(worked, "worker_stage_seconds_count", {"stage": stage}) == 5
+    assert sample(worked, "worker_stage_seconds_count", {"stage": "delivery"}) == 5
     assert sample(worked, "worker_prediction_score_count") == 3
     assert sample(worked, "worker_prediction_score_bucket", {"le": "0.5"}) == 0  # winners are >= 0.5
 
 
 def test_gauges_and_info(worked):
     assert sample(worked, "worker_in_flight_messages") == 0
+    assert worked.get_sample_value("worker_blocked", {"reason": "access_denied"}) in (None, 0)
     assert sample(worked, "worker_model_info", {"model": "fake", "revision": "0", "device": "cpu", "dtype": "float32"}) == 1
 
 
@@ -120,17 +125,23 @@ def test_health_endpoints():
         clock.now = 100  # a slow model load is not a dead loop
         assert get(base + "/healthz")[0] == 200
         status, body = get(base + "/readyz")
-        assert status == 503 and body["model_ready"] is False
-        health.model_ready = True
-        clock.now = 0
-        health.beat()
+        assert status == 503 and body["phase"] == "loading"
+        health.set_phase("starting")  # joining the group: alive, not ready
+        clock.now = 200
+        assert get(base + "/healthz")[0] == 200 and get(base + "/readyz")[0] == 503
+        health.set_phase("serving")
         assert get(base + "/readyz")[0] == 200
-        clock.now = 11  # the loop stopped beating
+        clock.now = 211  # the loop stopped beating: neither alive nor ready
         status, body = get(base + "/healthz")
         assert status == 503 and body["heartbeat_age_s"] == 11
+        assert get(base + "/readyz")[0] == 503
         health.beat()
         assert get(base + "/healthz")[0] == 200
-        health.stopping = True
+        health.block("access_denied", "SASL authentication failed")
+        status, body = get(base + "/readyz")
+        assert status == 503 and "SASL authentication failed" in body["reason"]
+        health.unblock("access_denied")
+        health.set_phase("stopping")
         assert get(base + "/readyz")[0] == 503
         status, text = get(base + "/metrics")
         assert status == 200 and "worker_messages_consumed" in text

@@ -1,0 +1,164 @@
+"""The inference stage: a thread that runs the model over closed windows, one at a time, in order.
+
+The main thread hands it windows and takes back classified ones; nothing else crosses between
+the threads. A batch that makes the model raise is split in halves until the failing texts are
+isolated (those become dead letters). Before blaming a text, the stage checks that the model
+still answers for a known-good one (the canary): if the canary fails too, the model itself is
+broken, and the stage stops with :class:`ModelBroken` instead of dead-lettering the stream.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from worker.batching import Window
+from worker.errors import WorkerError
+from worker.model import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
+from worker.records import INFERENCE_ERROR, Comment, InputRecord, Prediction, Rejection
+
+
+class ModelBroken(WorkerError):
+    """The model fails even for a text it classified before: nothing can be classified any more."""
+
+
+@dataclass
+class Entry:
+    """One consumed record inside a window, with what became of it."""
+
+    item: Comment | Rejection
+    epoch: int
+    arrived_at: float
+    encoding: Encoding | None = None
+    prediction: Prediction | None = None
+
+    @property
+    def record(self) -> InputRecord:
+        return self.item.record
+
+
+@dataclass
+class Classified:
+    window: Window[Entry]
+    dispatched_at: float
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def inference_s(self) -> float:
+        return self.finished_at - self.started_at
+
+
+def classify_isolating(
+    classifier: Classifier, encodings: Sequence[Encoding], sub_batch_max_tokens: int
+) -> tuple[list[list[float] | None], dict[int, str], BatchOutcome | None]:
+    """Classify; if the model raises, split in halves until the failing texts are isolated."""
+    try:
+        outcome = classify_encoded(classifier, encodings, sub_batch_max_tokens)
+        return list(outcome.probabilities), {}, outcome
+    except Exception as exc:  # noqa: BLE001 - any model failure must not stop the stream
+        if len(encodings) == 1:
+            return [None], {0: f"{type(exc).__name__}: {exc}"[:1000]}, None
+    middle = len(encodings) // 2
+    left, left_failed, _ = classify_isolating(classifier, encodings[:middle], sub_batch_max_tokens)
+    right, right_failed, _ = classify_isolating(classifier, encodings[middle:], sub_batch_max_tokens)
+    failures = {**left_failed, **{i + middle: reason for i, reason in right_failed.items()}}
+    return left + right, failures, None
+
+
+class InferenceStage:
+    """Runs the model on its own thread. Windows go in with :meth:`submit`, come out of :meth:`take`."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        sub_batch_max_tokens: int,
+        canary: Encoding,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._classifier = classifier
+        self._sub_batch_max_tokens = sub_batch_max_tokens
+        self._canary = canary
+        self._clock = clock
+        self._todo: queue.Queue[Classified | None] = queue.Queue()
+        self._done: queue.Queue[Classified] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.in_flight = 0  # windows submitted and not yet taken back (main thread only)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._todo.put(None)
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0
+
+    def submit(self, window: Window[Entry]) -> None:
+        self.in_flight += 1
+        self._todo.put(Classified(window, dispatched_at=self._clock()))
+
+    def take(self, block_s: float = 0.0) -> list[Classified]:
+        """Finished windows, oldest first; waits up to ``block_s`` for the first one."""
+        finished: list[Classified] = []
+        try:
+            finished.append(self._done.get(timeout=block_s) if block_s > 0 else self._done.get_nowait())
+            while True:
+                finished.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        self.in_flight -= len(finished)
+        return finished
+
+    def _run(self) -> None:
+        try:
+            while (job := self._todo.get()) is not None:
+                self._classify(job)
+                self._done.put(job)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which stops the worker
+            self.error = exc
+
+    def _classify(self, job: Classified) -> None:
+        job.started_at = self._clock()
+        entries = [e for e in job.window.items if e.encoding is not None]
+        if not entries:
+            job.finished_at = job.started_at
+            return
+        encodings = [e.encoding for e in entries]
+        probabilities, failures, outcome = classify_isolating(
+            self._classifier, encodings, self._sub_batch_max_tokens  # type: ignore[arg-type]
+        )
+        if failures:
+            self._check_canary(failures)
+        job.finished_at = self._clock()
+        labels = self._classifier.labels
+        for entry, probs in zip(entries, probabilities):
+            if probs is not None and entry.encoding is not None:
+                entry.prediction = to_prediction(probs, labels, entry.encoding)
+        for index, reason in failures.items():
+            entries[index].item = Rejection(entries[index].record, INFERENCE_ERROR, reason)
+        job.failures = failures
+        if outcome is not None:
+            job.real_tokens, job.padded_tokens = outcome.real_tokens, outcome.padded_tokens
+        else:
+            job.real_tokens = sum(len(e.encoding.ids) for e in entries if e.encoding is not None)
+            job.padded_tokens = job.real_tokens
+
+    def _check_canary(self, failures: dict[int, str]) -> None:
+        try:
+            self._classifier.predict([self._canary.ids])
+        except Exception as exc:  # noqa: BLE001 - the model fails for everything: that is not the texts' fault
+            first = next(iter(failures.values()))
+            raise ModelBroken(
+                f"the model fails for every input, even a text it classified at start-up ({type(exc).__name__}: "
+                f"{exc}); first failure: {first}"[:1000]
+            ) from exc

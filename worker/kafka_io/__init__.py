@@ -1,0 +1,30 @@
+"""Kafka I/O: the port the worker talks to, its confluent-kafka adapter, and offset bookkeeping.
+
+This package is the only place that imports ``confluent_kafka`` (in :mod:`.clients` and
+:mod:`.errors`); the rest of the worker sees :mod:`.port`'s plain types.
+"""
+
+from worker.kafka_io.offsets import OffsetTracker, PartitionEpochs
+from worker.kafka_io.port import (
+    ClientError,
+    ClientEvents,
+    DeliveryReport,
+    ErrorKind,
+    KafkaCallError,
+    KafkaPort,
+    Partition,
+    PartitionProgress,
+)
+
+__all__ = [
+    "ClientError",
+    "ClientEvents",
+    "DeliveryReport",
+    "ErrorKind",
+    "KafkaCallError",
+    "KafkaPort",
+    "OffsetTracker",
+    "Partition",
+    "PartitionEpochs",
+    "PartitionProgress",
+]

@@ -1,0 +1,361 @@
+"""The real Kafka adapter: confluent-kafka's consumer and producer behind :class:`KafkaPort`.
+
+Every call that can block runs under the :class:`~worker.watchdog.Watchdog` with a deadline,
+because librdkafka does not always honour its own timeouts. Errors leave this module classified
+(:mod:`worker.kafka_io.errors`), so the rest of the worker never sees a confluent-kafka type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections import deque
+from typing import Any, Mapping, Sequence
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from worker.kafka_io.errors import classify, from_exception
+from worker.kafka_io.port import (
+    ClientError,
+    ClientEvents,
+    DeliveryReport,
+    ErrorKind,
+    KafkaCallError,
+    Partition,
+    PartitionProgress,
+)
+from worker.records import Headers, InputRecord
+from worker.settings import Settings
+from worker.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+# librdkafka's own log lines go through Python logging, so JSON logs stay one object per line.
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+# Kafka's defaults: librdkafka's producer message.max.bytes and the broker's message.max.bytes,
+# which is what a topic's max.message.bytes falls back to.
+PRODUCER_MESSAGE_MAX_BYTES = 1_000_000
+BROKER_MESSAGE_MAX_BYTES = 1_048_588
+# A record batch's own header (librdkafka's RD_KAFKAP_MSGSET_V2_SIZE): the topic limit applies to
+# the whole batch, so a record alone in its batch may use the limit less this.
+RECORD_BATCH_OVERHEAD = 61
+# How long the start-up calls may take: reading topic limits, and init_transactions (which
+# waits for the previous incarnation's transaction to finish).
+ADMIN_TIMEOUT_S = 10.0
+INIT_TRANSACTIONS_TIMEOUT_S = 60.0
+INIT_TRANSACTIONS_CHUNK_S = 5.0
+# Slack given to consume()/poll() beyond their own timeout before the watchdog calls them stuck;
+# a rebalance callback inside consume() may take the shutdown timeout on top of it.
+POLL_SLACK_S = 30.0
+
+
+def _to_record(message: Any) -> InputRecord:
+    timestamp_type, timestamp = message.timestamp()
+    headers = message.headers() or []
+    return InputRecord(
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        key=message.key(),
+        value=message.value(),
+        headers=[(k, v if v is not None else b"") for k, v in headers],
+        timestamp_ms=timestamp if timestamp_type != 0 and timestamp > 0 else None,
+    )
+
+
+def parse_progress(stats_json: str) -> dict[Partition, PartitionProgress]:
+    """Per assigned partition: high watermark, last stable offset, committed offset and position."""
+    stats = json.loads(stats_json)
+    progress: dict[Partition, PartitionProgress] = {}
+    for topic, topic_stats in stats.get("topics", {}).items():
+        for partition, p in topic_stats.get("partitions", {}).items():
+            if int(partition) < 0 or not p.get("desired", True):
+                continue
+            progress[(topic, int(partition))] = PartitionProgress(
+                high_watermark=int(p.get("hi_offset", -1)),
+                last_stable=int(p.get("ls_offset", -1)),
+                committed=int(p.get("committed_offset", -1)),
+                position=int(p.get("app_offset", -1)),
+            )
+    return progress
+
+
+def _partitions(positions: Mapping[Partition, int]) -> list[Any]:
+    return [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+
+
+class KafkaClients:
+    """The consumer and producer of one worker. :meth:`start` connects; the constructor does no I/O."""
+
+    def __init__(self, settings: Settings, events: ClientEvents, watchdog: Watchdog) -> None:
+        self._settings = settings
+        self._events = events
+        self._watchdog = watchdog
+        self.transactional = settings.delivery == "exactly_once"
+        self._reports: deque[DeliveryReport] = deque()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._record_limits: dict[str, int] = {}
+        self._default_record_limit = PRODUCER_MESSAGE_MAX_BYTES
+        self._cooperative = True
+        self.read_committed = True
+
+    # --- configuration ---
+    def _client_id(self) -> str:
+        return f"koelectra-worker-{socket.gethostname()}"
+
+    def consumer_config(self) -> dict[str, Any]:
+        s = self._settings
+        config: dict[str, Any] = {
+            "bootstrap.servers": s.bootstrap_servers,
+            "group.id": s.group_id,
+            "auto.offset.reset": s.auto_offset_reset,
+            "partition.assignment.strategy": "cooperative-sticky",
+            # Offsets are stored only once a record's results are acknowledged (OffsetTracker), and
+            # librdkafka commits what is stored every second and when partitions are revoked or the
+            # consumer closes. With transactions the offsets travel inside each transaction instead.
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": not self.transactional,
+            "auto.commit.interval.ms": 1000,
+            "isolation.level": "read_committed",
+            "statistics.interval.ms": s.statistics_interval_ms,
+            "client.id": self._client_id(),
+            "error_cb": self._error_cb,
+            "logger": _LIBRDKAFKA_LOG,
+        }
+        if s.statistics_interval_ms:
+            config["stats_cb"] = self._stats_cb
+        config.update(s.librdkafka("consumer"))
+        return config
+
+    def producer_config(self, batch_limit: int | None = None) -> dict[str, Any]:
+        s = self._settings
+        config: dict[str, Any] = {
+            "bootstrap.servers": s.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "client.id": self._client_id(),
+            "error_cb": self._error_cb,
+            "logger": _LIBRDKAFKA_LOG,
+        }
+        if batch_limit is not None:
+            # The broker checks a topic's max.message.bytes against whole batches, so batches must
+            # stay under the smallest limit of the topics written, or good records fail together.
+            config["batch.size"] = batch_limit
+        if self.transactional:
+            config["transactional.id"] = s.transactional_id or f"{s.group_id}-{socket.gethostname()}"
+        config.update(s.librdkafka("producer"))
+        return config
+
+    def admin_config(self) -> dict[str, Any]:
+        s = self._settings
+        return {"bootstrap.servers": s.bootstrap_servers, "logger": _LIBRDKAFKA_LOG, **s.librdkafka("common")}
+
+    # --- lifecycle ---
+    def start(self, destination_topics: Sequence[str] = ()) -> None:
+        topics = list(dict.fromkeys([self._settings.output_topic, self._settings.dlq_topic, *destination_topics]))
+        topic_limits = self._read_topic_limits(topics)
+        producer_limit = int(self._settings.librdkafka("producer").get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES))
+        for topic in topics:
+            self._record_limits[topic] = min(producer_limit, topic_limits.get(topic, BROKER_MESSAGE_MAX_BYTES) - RECORD_BATCH_OVERHEAD)
+        self._default_record_limit = min(producer_limit, BROKER_MESSAGE_MAX_BYTES - RECORD_BATCH_OVERHEAD)
+        smallest = min(self._record_limits.values(), default=producer_limit)
+        user_batch = "batch.size" in self._settings.librdkafka("producer")
+        self._producer = Producer(self.producer_config(None if user_batch or smallest >= producer_limit else smallest))
+        if self.transactional:
+            self._init_transactions()
+        consumer_config = self.consumer_config()
+        self._cooperative = consumer_config["partition.assignment.strategy"] == "cooperative-sticky"
+        self.read_committed = consumer_config["isolation.level"] == "read_committed"
+        self._consumer = Consumer(consumer_config)
+        self._consumer.subscribe(
+            [self._settings.input_topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb, on_lost=self._lost_cb
+        )
+
+    def _read_topic_limits(self, topics: list[str]) -> dict[str, int]:
+        """Each topic's max.message.bytes, where the cluster lets us read it (else the default is assumed)."""
+        from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+        limits: dict[str, int] = {}
+        admin = AdminClient(self.admin_config())
+        with self._watchdog.call("admin.describe_configs", ADMIN_TIMEOUT_S + 5):
+            futures = admin.describe_configs(
+                [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=ADMIN_TIMEOUT_S
+            )
+            for resource, future in futures.items():
+                try:
+                    entry = future.result(timeout=ADMIN_TIMEOUT_S).get("max.message.bytes")
+                    if entry is not None and entry.value is not None:
+                        limits[resource.name] = int(entry.value)
+                except Exception as exc:  # noqa: BLE001 - not permitted or missing: keep the default
+                    log.warning(
+                        "could not read max.message.bytes of topic %s (%s); assuming the broker default %d",
+                        resource.name, exc, BROKER_MESSAGE_MAX_BYTES,
+                    )
+        if limits:
+            log.info("destination topic limits", extra={"fields": {"max.message.bytes": limits}})
+        return limits
+
+    def _init_transactions(self) -> None:
+        """init_transactions in short, resumable chunks, so refused credentials are noticed in between."""
+        deadline = time.monotonic() + INIT_TRANSACTIONS_TIMEOUT_S
+        while True:
+            chunk = max(0.1, min(INIT_TRANSACTIONS_CHUNK_S, deadline - time.monotonic()))
+            try:
+                with self._watchdog.call("producer.init_transactions", chunk):
+                    self._producer.init_transactions(chunk)
+                return
+            except KafkaException as exc:
+                error = from_exception(exc)
+                if not error.retriable or time.monotonic() >= deadline:
+                    raise KafkaCallError("init_transactions", error) from None
+            self._producer.poll(0)  # serves error_cb: refused credentials are reported there
+            self._events.on_wait()
+
+    def close(self, timeout_s: float, exit_code: int = 3) -> None:
+        """Leave the group (after the revoke callback) within ``timeout_s``; the watchdog enforces it."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        try:
+            with self._watchdog.call("consumer.close", timeout_s, exit_code=exit_code):
+                consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close: %s", exc)
+
+    # --- callbacks (run inside poll/consume/flush on the calling thread) ---
+    def _error_cb(self, error: Any) -> None:
+        self._events.on_error(classify(error))
+
+    def _stats_cb(self, stats_json: str) -> None:
+        try:
+            self._events.on_progress(parse_progress(stats_json))
+        except (ValueError, KeyError, TypeError):
+            log.debug("unreadable librdkafka statistics", exc_info=True)
+
+    def _assign_cb(self, consumer: Any, partitions: list[Any]) -> None:
+        # Assign here rather than after the callback returns, so the worker may pause the new
+        # partitions at once (pausing a partition that is not assigned yet does nothing).
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        self._events.on_assigned([(p.topic, p.partition) for p in partitions])
+
+    def _revoke_cb(self, consumer: Any, partitions: list[Any]) -> None:
+        self._events.on_revoked([(p.topic, p.partition) for p in partitions])
+
+    def _lost_cb(self, consumer: Any, partitions: list[Any]) -> None:
+        self._events.on_lost([(p.topic, p.partition) for p in partitions])
+
+    # --- consuming ---
+    def poll(self, max_messages: int, timeout_s: float) -> list[InputRecord]:
+        with self._watchdog.call("consumer.consume", timeout_s + POLL_SLACK_S + self._settings.shutdown_timeout_s):
+            messages = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(_to_record(message))
+            elif error.code() == KafkaError._PARTITION_EOF:
+                continue
+            else:
+                classified = classify(error)
+                if classified.kind == ErrorKind.FATAL:
+                    raise KafkaCallError("consume", classified)
+                self._events.on_error(classified)
+        return records
+
+    def pause(self, partitions: Sequence[Partition]) -> None:
+        if partitions:
+            self._consumer.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: Sequence[Partition]) -> None:
+        if partitions:
+            self._consumer.resume([TopicPartition(t, p) for t, p in partitions])
+
+    def assignment(self) -> list[Partition]:
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def seek(self, positions: Mapping[Partition, int]) -> None:
+        for tp in _partitions(positions):
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as exc:
+                # Not fetching yet (just assigned): its fetch starts at the committed offset, which
+                # is never past the first unfinished record, so nothing is skipped.
+                log.warning("seek %s[%d] to %d: %s", tp.topic, tp.partition, tp.offset, exc)
+
+    def store_offsets(self, positions: Mapping[Partition, int]) -> None:
+        if not positions:
+            return
+        try:
+            self._consumer.store_offsets(offsets=_partitions(positions))
+        except KafkaException as exc:
+            # A partition revoked a moment ago cannot be stored; its new owner re-reads from the
+            # last commit, which is at-least-once, never a loss.
+            log.warning("could not store offsets %s: %s", positions, exc)
+
+    # --- producing ---
+    def max_record_bytes(self, topic: str) -> int:
+        return self._record_limits.get(topic, self._default_record_limit)
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, token: Any) -> None:
+        reports = self._reports
+
+        def on_delivery(error: Any, message: Any) -> None:
+            reports.append((token, None if error is None else classify(error)))
+
+        try:
+            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+        except KafkaException as exc:
+            raise KafkaCallError("produce", from_exception(exc)) from None
+        except (TypeError, ValueError, UnicodeError, OverflowError) as exc:
+            # Invalid arguments for this one record (e.g. an unusable header): never the worker's end.
+            raise KafkaCallError("produce", ClientError(type(exc).__name__, str(exc), ErrorKind.RECORD)) from None
+
+    def serve(self, timeout_s: float) -> None:
+        with self._watchdog.call("producer.poll", timeout_s + POLL_SLACK_S):
+            self._producer.poll(timeout_s)
+
+    def take_reports(self) -> list[DeliveryReport]:
+        reports = []
+        while self._reports:
+            reports.append(self._reports.popleft())
+        return reports
+
+    def purge_queued(self) -> None:
+        """Drop everything not yet sent; their reports come back as PURGED."""
+        self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for outstanding deliveries; returns how many are still undelivered."""
+        with self._watchdog.call("producer.flush", timeout_s, exit_code=3):
+            return self._producer.flush(max(0.0, timeout_s))
+
+    # --- transactions (exactly_once) ---
+    def _transactional_call(self, name: str, timeout_s: float, call: Any, *args: Any) -> None:
+        try:
+            with self._watchdog.call(f"producer.{name}", timeout_s):
+                call(*args)
+        except KafkaException as exc:
+            raise KafkaCallError(name, from_exception(exc)) from None
+
+    def begin_transaction(self) -> None:
+        self._transactional_call("begin_transaction", 5.0, self._producer.begin_transaction)
+
+    def send_offsets(self, positions: Mapping[Partition, int], timeout_s: float) -> None:
+        if positions:
+            self._transactional_call(
+                "send_offsets_to_transaction", timeout_s, self._producer.send_offsets_to_transaction,
+                _partitions(positions), self._consumer.consumer_group_metadata(), timeout_s,
+            )
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        self._transactional_call("commit_transaction", timeout_s, self._producer.commit_transaction, timeout_s)
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        self._transactional_call("abort_transaction", timeout_s, self._producer.abort_transaction, timeout_s)

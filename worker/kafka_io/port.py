@@ -1,0 +1,138 @@
+"""The Kafka port: everything the worker needs from Kafka, as a Protocol, in plain types.
+
+:class:`~worker.kafka_io.clients.KafkaClients` implements it with confluent-kafka; the unit tests'
+fake implements the same Protocol, so the two cannot drift apart. Nothing here imports
+confluent-kafka: errors arrive as :class:`ClientError`, already classified by what the worker must
+do about them (librdkafka's INTRODUCTION.md, "Error: Permanent errors" and "Transactional
+Producer / Error handling").
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from worker.errors import WorkerError
+from worker.records import Headers, InputRecord
+
+Partition = tuple[str, int]
+
+
+class ErrorKind(str, enum.Enum):
+    """What an error means for the worker, whichever call or report it came from."""
+
+    RETRIABLE = "retriable"  # temporary: librdkafka retries, or the call may simply be made again
+    TIMED_OUT = "timed_out"  # a delivery gave up (message.timeout.ms): later records may be written first
+    PURGED = "purged"  # purged by an abort or a purge: belongs to an attempt that was abandoned
+    RECORD = "record"  # this one record can never be written (too large, invalid): dead-letter it
+    DESTINATION = "destination"  # nobody can write this topic (missing with auto-create off, ...)
+    ACCESS = "access"  # credentials or permissions refused
+    FATAL = "fatal"  # the client instance is unusable (fenced, idempotence broken): restart
+    OTHER = "other"  # neither retriable, abortable nor fatal: librdkafka says treat as fatal
+
+
+@dataclass(frozen=True)
+class ClientError:
+    """One librdkafka error, detached from the client."""
+
+    code: str  # librdkafka's name, e.g. "_MSG_TIMED_OUT", "TOPIC_AUTHORIZATION_FAILED"
+    message: str
+    kind: ErrorKind
+    retriable: bool = False
+    fatal: bool = False
+    txn_requires_abort: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class KafkaCallError(WorkerError):
+    """A client call failed; ``error`` says how (and so what to do)."""
+
+    def __init__(self, call: str, error: ClientError) -> None:
+        super().__init__(f"{call} failed: {error}")
+        self.call = call
+        self.error = error
+
+
+# (token given to produce(), None when delivered or the error)
+DeliveryReport = tuple[Any, ClientError | None]
+
+
+@dataclass(frozen=True)
+class PartitionProgress:
+    """Where a partition's log ends, from the client's statistics (-1 when unknown)."""
+
+    high_watermark: int
+    last_stable: int
+    committed: int
+    position: int
+
+    def end(self, read_committed: bool) -> int:
+        return self.last_stable if read_committed and self.last_stable >= 0 else self.high_watermark
+
+
+@dataclass
+class ClientEvents:
+    """Callbacks from the client into the worker. They run on the thread that polls (the main thread)."""
+
+    on_assigned: Callable[[list[Partition]], None]
+    on_revoked: Callable[[list[Partition]], None]
+    on_lost: Callable[[list[Partition]], None]
+    on_error: Callable[[ClientError], None] = lambda error: None
+    on_progress: Callable[[dict[Partition, PartitionProgress]], None] = lambda progress: None
+    # Called between the attempts of a long start-up call; may raise to give up (e.g. access refused).
+    on_wait: Callable[[], None] = lambda: None
+
+
+class KafkaPort(Protocol):
+    """The consumer and producer of one worker, every call bounded in time.
+
+    produce() raises ``BufferError`` while the local queue is full and :class:`KafkaCallError`
+    for anything else; the other calls raise :class:`KafkaCallError`.
+    """
+
+    transactional: bool
+    read_committed: bool
+
+    def start(self, destination_topics: Sequence[str] = ()) -> None: ...
+
+    def close(self, timeout_s: float, exit_code: int = 3) -> None:
+        """Leave the group within ``timeout_s``, or the watchdog ends the process with ``exit_code``."""
+        ...
+
+    # consuming
+    def poll(self, max_messages: int, timeout_s: float) -> list[InputRecord]: ...
+
+    def pause(self, partitions: Sequence[Partition]) -> None: ...
+
+    def resume(self, partitions: Sequence[Partition]) -> None: ...
+
+    def assignment(self) -> list[Partition]: ...
+
+    def seek(self, positions: Mapping[Partition, int]) -> None: ...
+
+    def store_offsets(self, positions: Mapping[Partition, int]) -> None: ...
+
+    # producing
+    def max_record_bytes(self, topic: str) -> int: ...
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, token: Any) -> None: ...
+
+    def serve(self, timeout_s: float) -> None: ...
+
+    def take_reports(self) -> list[DeliveryReport]: ...
+
+    def purge_queued(self) -> None: ...
+
+    def flush(self, timeout_s: float) -> int: ...
+
+    # transactions (exactly-once)
+    def begin_transaction(self) -> None: ...
+
+    def send_offsets(self, positions: Mapping[Partition, int], timeout_s: float) -> None: ...
+
+    def commit_transaction(self, timeout_s: float) -> None: ...
+
+    def abort_transaction(self, timeout_s: float) -> None: ...
