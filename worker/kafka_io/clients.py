@@ -181,20 +181,22 @@ class KafkaClients:
 
         limits: dict[str, int] = {}
         admin = AdminClient(self.admin_config())
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
         with self._watchdog.call("admin.describe_configs", ADMIN_TIMEOUT_S + 5):
             futures = admin.describe_configs(
                 [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=ADMIN_TIMEOUT_S
             )
             for resource, future in futures.items():
                 try:
-                    entry = future.result(timeout=ADMIN_TIMEOUT_S).get("max.message.bytes")
+                    entry = future.result(timeout=max(0.0, deadline - time.monotonic())).get("max.message.bytes")
                     if entry is not None and entry.value is not None:
                         limits[resource.name] = int(entry.value)
-                except Exception as exc:  # noqa: BLE001 - not permitted or missing: keep the default
+                except Exception as exc:  # noqa: BLE001 - not permitted, missing or unreachable: keep the default
                     log.warning(
                         "could not read max.message.bytes of topic %s (%s); assuming the broker default %d",
                         resource.name, exc, BROKER_MESSAGE_MAX_BYTES,
                     )
+            del admin, futures  # its destructor runs here, under the watchdog
         if limits:
             log.info("destination topic limits", extra={"fields": {"max.message.bytes": limits}})
         return limits
