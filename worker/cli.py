@@ -20,7 +20,7 @@ from worker.settings import Settings, load_settings
 log = logging.getLogger("worker")
 
 # How far past WORKER_SHUTDOWN_TIMEOUT_S the process may run after SIGTERM before it is ended anyway.
-SHUTDOWN_MARGIN_S = 5.0
+SHUTDOWN_MARGIN_S = 3.0
 
 SEED_SENTENCES = (
     "이 영화 정말 재밌다!",
