@@ -71,6 +71,12 @@ class WorkerMetrics:
         self.model_info = Info("worker_model", "The loaded model.", registry=r)
         self.errors = Counter("worker_errors", "Errors by kind.", ["kind"], registry=r)
         self.ready = Gauge("worker_ready", "1 while the model is loaded and the worker is serving.", registry=r)
+        self.blocked = Gauge(
+            "worker_blocked",
+            "1 from a failure that stops the whole worker until its exit (code 4), by reason: access_denied, "
+            "destination_unwritable, model_broken, stuck_call, fenced, kafka_fatal.",
+            ["reason"], registry=r,
+        )
         self._lag_partitions: set[Partition] = set()
 
     def set_lag(self, lag: dict[Partition, int]) -> None:
