@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -64,16 +65,19 @@ def nsmc_rows() -> list[tuple[str, str, int]]:
 
 
 class LocalBroker:
-    """A single-node Apache Kafka (KRaft) run by deploy/kafka/kafka.sh."""
+    """A single-node Apache Kafka (KRaft) run by deploy/kafka/kafka.sh; `variant` sets its optional
+    KAFKA_* variables (auto-create, SASL listener, ACLs: see deploy/kafka/README.md)."""
 
-    def __init__(self, port: int, data_dir: Path) -> None:
+    def __init__(self, port: int, data_dir: Path, variant: dict[str, str] | None = None) -> None:
         self.port = port
         self.data_dir = data_dir
         self.bootstrap = f"127.0.0.1:{port}"
+        self.variant = dict(variant or {})
 
     def _env(self) -> dict[str, str]:
         return {
             **os.environ,
+            **self.variant,
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(self.port + 1),
             "KAFKA_DATA_DIR": str(self.data_dir),
@@ -91,6 +95,13 @@ class LocalBroker:
     def kill(self) -> None:
         self.run("kill")
 
+    def stop_within(self, deadline_s: float) -> None:
+        """Graceful stop (kafka.sh itself SIGKILLs after $KAFKA_STOP_TIMEOUT); if even that hangs, kill."""
+        try:
+            self.run("stop", timeout=deadline_s)
+        except (subprocess.SubprocessError, OSError):
+            self.kill()
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
@@ -105,6 +116,44 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+SECURE_USERS = {"admin": "admin-secret", "worker": "worker-secret", "reader": "reader-secret"}
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """The second broker of the access-failure tests. `bootstrap` is its PLAINTEXT listener, whose
+    principal (User:ANONYMOUS) is a super user: the tests' own admin, producer and reader clients.
+    `sasl_bootstrap` is the SASL_PLAINTEXT listener (mechanism PLAIN, `users`), where ACLs apply.
+    Topics are never created automatically."""
+
+    bootstrap: str
+    sasl_bootstrap: str
+    users: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory):
+    """A broker with auto.create.topics.enable=false, SASL/PLAIN and ACL authorization, started once.
+
+    Ports: $TEST_SECURE_KAFKA_PORT (default $TEST_KAFKA_PORT + 10) for PLAINTEXT, +1 for the
+    controller, +2 for SASL_PLAINTEXT."""
+    port = int(os.environ.get("TEST_SECURE_KAFKA_PORT") or int(os.environ.get("TEST_KAFKA_PORT", "39092")) + 10)
+    variant = {
+        "KAFKA_AUTO_CREATE_TOPICS": "false",
+        "KAFKA_SASL_PORT": str(port + 2),
+        "KAFKA_SASL_PLAIN_USERS": ",".join(f"{u}:{p}" for u, p in SECURE_USERS.items()),
+        "KAFKA_ACLS": "true",
+        "KAFKA_SUPER_USERS": "User:ANONYMOUS;User:admin",
+        "KAFKA_STOP_TIMEOUT": "20",
+    }
+    broker = LocalBroker(port, tmp_path_factory.mktemp("secure-kafka-data"), variant)
+    try:  # a start that fails half-way may leave a broker running: stop it too
+        broker.start()
+        yield SecureKafka(broker.bootstrap, f"127.0.0.1:{port + 2}", dict(SECURE_USERS))
+    finally:
+        broker.stop_within(60)
 
 
 @pytest.fixture

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AclBinding, AdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -215,9 +220,117 @@ def worker_env(bootstrap: str, topics: dict[str, str], model_dir: Path | str, **
     return env
 
 
-def start_worker_process(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """`worker run` as a real process (the console script's module), logs to a file."""
-    handle = open(log_path, "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run"], env=env, cwd=str(REPO), stdout=handle, stderr=subprocess.STDOUT
-    )
+def start_worker_process(
+    env: dict[str, str], log_path: Path, module: str = "worker.cli", args: Sequence[str] = ("run",)
+) -> subprocess.Popen:
+    """`worker run` as a real process (the console script's module), logs to a file. `module` names
+    another entry point (a fault-injecting wrapper) that is run the same way."""
+    with open(log_path, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args], env=env, cwd=str(REPO), stdout=handle, stderr=subprocess.STDOUT
+        )
+
+
+def wait_exit(process: subprocess.Popen, timeout_s: float) -> int | None:
+    """The exit code, or None if the process is still running after `timeout_s`."""
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def stop_process(process: subprocess.Popen, grace_s: float = 30) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `grace_s`; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        if wait_exit(process, grace_s) is None:
+            process.kill()
+    return process.wait(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_acls(bootstrap: str, bindings: Sequence[AclBinding]) -> None:
+    """Create ACL bindings as the (super user) client of `bootstrap`; waits until the broker has them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_acls(list(bindings)).values():
+        future.result(30)
+
+
+def http_get(url: str, timeout_s: float = 2) -> tuple[int | None, str]:
+    """(status, body); (None, error text) when nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException) as error:
+        return None, str(error)
+
+
+_BLOCKED = re.compile(r'^worker_blocked\{reason="([^"]*)"\} 1(?:\.0)?$', re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One look at a worker's HTTP endpoints, `at` seconds after the prober started."""
+
+    at: float
+    ready: int | None  # /readyz status; None: nothing answered
+    ready_body: dict[str, Any]
+    live: int | None  # /healthz status
+    blocked: frozenset[str]  # reasons whose worker_blocked gauge is 1
+
+    @property
+    def failing(self) -> bool:
+        """/readyz says 503 and names a reason (the contract's fatal state, not mere start-up)."""
+        return self.ready == 503 and bool(self.ready_body.get("reason"))
+
+
+class HealthProber:
+    """Polls /readyz, /healthz and /metrics of a worker on a background thread and keeps every answer."""
+
+    def __init__(self, port: int, interval_s: float = 0.1) -> None:
+        self._base = f"http://127.0.0.1:{port}"
+        self._interval_s = interval_s
+        self._samples: list[Probe] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="health-prober", daemon=True)
+        self.started_at = time.time()
+
+    def __enter__(self) -> HealthProber:
+        self.started_at = time.time()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            at = time.time() - self.started_at
+            ready, body = http_get(self._base + "/readyz")
+            live, _ = http_get(self._base + "/healthz")
+            metrics_status, metrics = http_get(self._base + "/metrics")
+            try:
+                ready_body = json.loads(body) if ready is not None else {}
+            except ValueError:
+                ready_body = {"unparsed": body}
+            blocked = frozenset(_BLOCKED.findall(metrics)) if metrics_status == 200 else frozenset()
+            self._samples.append(Probe(at, ready, ready_body if isinstance(ready_body, dict) else {}, live, blocked))
+            self._stop.wait(self._interval_s)
+
+    @property
+    def samples(self) -> list[Probe]:
+        return list(self._samples)
+
+    def first(self, predicate) -> Probe | None:
+        return next((p for p in self._samples if predicate(p)), None)
+
+    def blocked_reasons(self) -> set[str]:
+        return {reason for p in self._samples for reason in p.blocked}

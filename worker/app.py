@@ -458,7 +458,8 @@ class Worker:
         self.health.set_phase("stopping")
         self.metrics.blocked.labels(reason=fatal.reason).set(1)
         self.metrics.errors.labels(kind=f"fatal_{fatal.reason}").inc()
-        log.critical("cannot go on (%s): %s; committing what was delivered and exiting", fatal.reason, fatal.detail)
+        # The detail is the process's last line (cli); said once, here only the decision.
+        log.critical("cannot go on (%s); committing what was delivered and exiting", fatal.reason)
         self._deadline = self._clock() + min(self.settings.shutdown_timeout_s, FATAL_STOP_S)
         if self._started:
             self.backpressure.freeze()

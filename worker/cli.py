@@ -125,11 +125,13 @@ def cmd_run(settings: Settings) -> int:
     health = Health()
     watchdog = Watchdog(on_overrun=overrun_handler(health, metrics))
     worker: Worker | None = None
+    stopped = threading.Event()
 
     def first_signal() -> None:
         if worker is None:
             log.info("stop requested during start-up; nothing was consumed")
             hard_exit(0)
+        stopped.set()
         worker.request_stop()
         # The structured shutdown keeps to WORKER_SHUTDOWN_TIMEOUT_S; this is the backstop.
         watchdog.arm_exit(time.monotonic() + settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S, "the shutdown", 3)
@@ -153,9 +155,12 @@ def cmd_run(settings: Settings) -> int:
     worker = candidate
     clean = worker.run()
     log.info("stopped", extra={"fields": {"clean": clean, "exit_code": worker.exit_code}})
+    fatal = worker.fatal
+    if fatal is not None and server is not None:
+        # Let monitoring see why (/readyz 503 with the reason, worker_blocked=1) before the restart.
+        stopped.wait(settings.fatal_linger_s)
     if server is not None:
         server.stop()
-    fatal = worker.fatal
     # Exit without running the Kafka clients' destructors: with an unreachable broker they can
     # block for minutes, and everything that matters was committed or abandoned above.
     hard_exit(worker.exit_code, exit_line(EXIT_FATAL, f"{fatal.reason}: {fatal.detail}") if fatal else None)

@@ -153,6 +153,10 @@ class Settings(BaseSettings):
         60.0, gt=0,
         description="Credentials or permissions refused by the cluster make the worker not-ready at once and end it (exit 4) after this many seconds.",
     )
+    fatal_linger_s: float = Field(
+        5.0, ge=0,
+        description="After a fatal error, keep answering /readyz (503, with the reason) and /metrics this long before exiting, so monitoring sees why.",
+    )
     metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics, /healthz and /readyz server.")
     metrics_port: int = Field(8000, ge=0, le=65535, description="Port of that server; 0 disables it.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines as text, or one JSON object per line.")

@@ -12,6 +12,9 @@ import time
 from typing import Callable
 
 _VARIABLE = re.compile(r"\d+")
+# What differs between the same event on two clients or brokers: "[client#producer-1]", "[thrd:...]",
+# "sasl_plaintext://host:port/1", "host:port/bootstrap".
+_IDENTIFIERS = re.compile(r"\[[^\]]*\]|\S+://\S+|\S+:\d+/\S+")
 
 
 class Throttle:
@@ -35,7 +38,11 @@ class Throttle:
 
 
 class ThrottleFilter(logging.Filter):
-    """A logging filter passing each kind of message (its text with numbers blanked) once per interval."""
+    """For librdkafka's logger: each kind of warning once per interval, whichever client or broker said it.
+
+    Lines of librdkafka's FAIL facility (a connection or authentication failure) are dropped: librdkafka
+    reports the same failures through the error callback, which the worker logs, once per interval.
+    """
 
     def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -44,7 +51,10 @@ class ThrottleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = f"{record.name}:{record.levelno}:{_VARIABLE.sub('#', record.getMessage())[:120]}"
+        message = record.getMessage()
+        if message.startswith("FAIL "):
+            return False
+        key = f"{record.levelno}:{_VARIABLE.sub('#', _IDENTIFIERS.sub('', message))[:120]}"
         allowed, left_out = self._throttle.allow(key)
         if allowed and left_out:
             record.msg = f"{record.getMessage()} ({left_out} similar messages left out)"

@@ -32,6 +32,14 @@
 #   JAVA_HOME / JAVA      Java 17+ (JAVA wins, then $JAVA_HOME/bin/java, then PATH)
 #   MVN                   [mvn]
 #   KAFKA_MVN_ARGS        [] extra Maven args for fetch (e.g. "-o" or "-s settings.xml")
+#
+# Optional broker variants (all off by default; the default broker is the template as is):
+#   KAFKA_AUTO_CREATE_TOPICS [true]  false: producing to / fetching metadata of a missing topic fails
+#   KAFKA_SASL_PORT       [] adds a SASL_PLAINTEXT listener (mechanism PLAIN) on this port; the
+#                         PLAINTEXT listener on KAFKA_PORT stays (principal User:ANONYMOUS)
+#   KAFKA_SASL_PLAIN_USERS [] with KAFKA_SASL_PORT: "user:password,user:password" (letters, digits, . _ -)
+#   KAFKA_ACLS            [false]  true: ACL authorization (StandardAuthorizer); what no ACL allows is denied
+#   KAFKA_SUPER_USERS     [User:ANONYMOUS;User:admin]  with KAFKA_ACLS: principals every ACL check lets through
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,6 +55,11 @@ KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
 KAFKA_MVN_ARGS="${KAFKA_MVN_ARGS:-}"
+KAFKA_AUTO_CREATE_TOPICS="${KAFKA_AUTO_CREATE_TOPICS:-true}"
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
+KAFKA_SASL_PLAIN_USERS="${KAFKA_SASL_PLAIN_USERS:-}"
+KAFKA_ACLS="${KAFKA_ACLS:-false}"
+KAFKA_SUPER_USERS="${KAFKA_SUPER_USERS:-User:ANONYMOUS;User:admin}"
 MVN="${MVN:-mvn}"
 
 BOOTSTRAP="${KAFKA_HOST}:${KAFKA_PORT}"
@@ -167,7 +180,57 @@ write_props() {
         -e "s|@CONTROLLER_PORT@|${KAFKA_CONTROLLER_PORT}|g" \
         -e "s|@LOG_DIR@|${STORAGE_DIR}|g" \
         "${SCRIPT_DIR}/server.properties" > "${PROPS_FILE}.tmp"
+    write_variants "${PROPS_FILE}.tmp"
     mv "${PROPS_FILE}.tmp" "$PROPS_FILE"
+}
+
+# set_prop FILE KEY VALUE: replace KEY's line (or append it), so each key appears once.
+set_prop() {
+    local file="$1" key="$2" value="$3"
+    grep -v "^${key//./\\.}=" "$file" > "${file}.set" || true
+    printf '%s=%s\n' "$key" "$value" >> "${file}.set"
+    mv "${file}.set" "$file"
+}
+
+# The optional variants (see the header). Nothing is written when none is asked for.
+write_variants() {
+    local file="$1"
+    case "$KAFKA_AUTO_CREATE_TOPICS" in
+        true) ;;
+        false) set_prop "$file" auto.create.topics.enable false ;;
+        *) die "KAFKA_AUTO_CREATE_TOPICS must be true or false (got '${KAFKA_AUTO_CREATE_TOPICS}')" ;;
+    esac
+    if [[ -n "$KAFKA_SASL_PORT" ]]; then
+        [[ "$KAFKA_SASL_PORT" =~ ^[0-9]+$ ]] || die "KAFKA_SASL_PORT must be a port number (got '${KAFKA_SASL_PORT}')"
+        [[ -n "$KAFKA_SASL_PLAIN_USERS" ]] || die "KAFKA_SASL_PORT needs KAFKA_SASL_PLAIN_USERS=\"user:password,...\""
+        local entry jaas="org.apache.kafka.common.security.plain.PlainLoginModule required"
+        local -a entries
+        IFS=',' read -r -a entries <<< "$KAFKA_SASL_PLAIN_USERS"
+        for entry in "${entries[@]}"; do
+            [[ "$entry" =~ ^([A-Za-z0-9._-]+):([A-Za-z0-9._-]+)$ ]] \
+                || die "KAFKA_SASL_PLAIN_USERS: '${entry%%:*}:...' is not user:password (letters, digits, . _ -)"
+            jaas+=" user_${BASH_REMATCH[1]}=\"${BASH_REMATCH[2]}\""
+        done
+        local sasl="SASL_PLAINTEXT://${KAFKA_HOST}:${KAFKA_SASL_PORT}"
+        # Broker-to-broker and controller traffic stay on the PLAINTEXT and CONTROLLER listeners
+        # (principal User:ANONYMOUS), so the broker itself needs no SASL credentials.
+        set_prop "$file" listeners "PLAINTEXT://${KAFKA_HOST}:${KAFKA_PORT},CONTROLLER://${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT},${sasl}"
+        set_prop "$file" advertised.listeners "PLAINTEXT://${KAFKA_HOST}:${KAFKA_PORT},CONTROLLER://${KAFKA_HOST}:${KAFKA_CONTROLLER_PORT},${sasl}"
+        set_prop "$file" listener.security.protocol.map "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+        set_prop "$file" sasl.enabled.mechanisms PLAIN
+        set_prop "$file" listener.name.sasl_plaintext.plain.sasl.jaas.config "${jaas};"
+    fi
+    case "$KAFKA_ACLS" in
+        false) ;;
+        true)
+            set_prop "$file" authorizer.class.name org.apache.kafka.metadata.authorizer.StandardAuthorizer
+            # The PLAINTEXT and CONTROLLER listeners authenticate nobody (User:ANONYMOUS): as a
+            # super user it keeps the broker, its controller and the tests' admin clients working.
+            set_prop "$file" super.users "$KAFKA_SUPER_USERS"
+            set_prop "$file" allow.everyone.if.no.acl.found false
+            ;;
+        *) die "KAFKA_ACLS must be true or false (got '${KAFKA_ACLS}')" ;;
+    esac
 }
 
 format_storage() {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -13,16 +12,10 @@ import urllib.request
 
 import pytest
 
-from tests.kafka_helpers import produce, running_worker, wait_for, worker_settings
+from tests.kafka_helpers import free_port, produce, running_worker, wait_for, worker_settings
 from worker.metrics import Health, MetricsServer, WorkerMetrics
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(prometheus: str, expr: str) -> float | None:

@@ -44,6 +44,7 @@ METRICS = {
     "worker_model_info": "info",
     "worker_errors_total": "counter",
     "worker_ready": "gauge",
+    "worker_blocked": "gauge",
 }
 
 
@@ -151,6 +152,16 @@ def test_alert_unit_tests_only_use_exported_metrics() -> None:
     tests = yaml.safe_load(ALERTS_TEST.read_text(encoding="utf-8"))
     used = {n for t in tests["tests"] for s in t.get("input_series", []) for n in worker_names(s["series"])}
     assert used <= series_names(), sorted(used - series_names())
+
+
+def test_contract_metrics_are_in_the_workers_registry() -> None:
+    """METRICS is not a wish list: every name in it is registered by WorkerMetrics, with its type."""
+    from worker.metrics import WorkerMetrics
+
+    suffix = {"counter": "_total", "info": "_info"}
+    registered = {f.name + suffix.get(f.type, ""): f.type for f in WorkerMetrics().registry.collect()}
+    wrong = {name: (kind, registered.get(name)) for name, kind in METRICS.items() if registered.get(name) != kind}
+    assert not wrong, f"(expected, registered) types differ or the metric is missing: {wrong}"
 
 
 def test_dashboard_shows_every_exported_metric() -> None:

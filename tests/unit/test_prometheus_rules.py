@@ -58,7 +58,10 @@ def test_every_alert_has_severity_summary_description_runbook_and_a_unit_test() 
 
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text(encoding="utf-8"))
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    required = {"WorkerDown", "ConsumerLagGrowing", "EndToEndLatencyP99High", "DeadLetterRateHigh", "NoOutputWhileInputArrives"}
+    required = {
+        "WorkerDown", "ConsumerLagGrowing", "EndToEndLatencyP99High", "DeadLetterRateHigh",
+        "NoOutputWhileInputArrives", "WorkerBlocked",
+    }
     assert required <= alerts.keys()
 
     tests = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text(encoding="utf-8"))
