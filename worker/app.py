@@ -25,17 +25,9 @@ from worker.errors import WorkerError
 from worker.kafka_io import KafkaClients, OffsetTracker, Partition, RebalanceHandlers, transaction_retriable
 from worker.metrics import Health, WorkerMetrics
 from worker.model import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
-from worker.records import (
-    INFERENCE_ERROR,
-    Comment,
-    InputRecord,
-    Prediction,
-    Rejection,
-    dead_letter_headers,
-    decode,
-    encode_result,
-)
+from worker.records import INFERENCE_ERROR, Comment, InputRecord, Prediction, Rejection
 from worker.settings import Settings
+from worker.stages import prepare, render
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +66,7 @@ class Outgoing:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     source: InputRecord
     reason: str | None  # None for a result, the dead-letter reason otherwise
     label: str | None = None
@@ -187,20 +179,21 @@ class Worker:
 
     def _accept(self, records: list[InputRecord]) -> None:
         s = self.settings
-        items = [decode(r, s.input_format, s.text_field, s.max_message_bytes) for r in records]
-        comments = [i for i in items if isinstance(i, Comment)]
-        encodings = iter(self.classifier.encode([c.text for c in comments]) if comments else [])
-        for item in items:
+        prepared = prepare(
+            records, self.classifier, input_format=s.input_format, text_field=s.text_field,
+            max_bytes=s.max_message_bytes,
+        )
+        for item in prepared:
             record = item.record
             self._tracker.add((record.topic, record.partition), record.offset)
             self.metrics.consumed.labels(topic=record.topic).inc()
-            if isinstance(item, Comment):
-                encoding = next(encodings)
+            encoding = item.encoding
+            if encoding is not None:
                 if self._batcher.would_overflow(len(encoding.ids)):
                     self._dispatch()
-                self._batcher.add(Entry(item, encoding), len(encoding.ids))
+                self._batcher.add(Entry(item.item, encoding), len(encoding.ids))
             else:
-                self._batcher.add(Entry(item), None)
+                self._batcher.add(Entry(item.item), None)
             if self._batcher.is_full():
                 self._dispatch()
         self.metrics.in_flight.set(len(self._tracker))
@@ -279,22 +272,14 @@ class Worker:
             m.score.observe(entry.prediction.score)
 
     def _outgoing(self, entry: Entry, now_ms: float) -> Outgoing:
-        record = entry.record
-        item = entry.item
-        if isinstance(item, Rejection):
-            return Outgoing(
-                self.settings.dlq_topic,
-                record.key,
-                record.value,
-                dead_letter_headers(item, self.model_ref["id"], now_ms),
-                record,
-                item.reason,
-            )
-        assert entry.prediction is not None
-        value = encode_result(item, entry.prediction, self.model_ref, now_ms)
-        return Outgoing(
-            self.settings.output_topic, record.key, value, list(record.headers), record, None, entry.prediction.label
+        s = self.settings
+        out = render(
+            entry.item, entry.prediction, model=self.model_ref, now_ms=now_ms,
+            max_bytes=s.max_message_bytes, fields=s.result_field_names,
         )
+        label = out.prediction.label if out.prediction is not None else None
+        topic = s.output_topic if out.reason is None else s.dlq_topic
+        return Outgoing(topic, out.key, out.value, out.headers, out.source, out.reason, label)
 
     def _publish(self, window: Window[Entry]) -> None:
         now_ms = self._wall_clock() * 1000
