@@ -1,5 +1,6 @@
 """Property: whatever a poll holds, prepare → classify → render never raises, and every record yields
-strict JSON within the byte budget or a dead letter with a known reason within the budget.
+strict JSON within the byte budget or a dead letter with a known reason within the budget, which a real
+librdkafka producer accepts at that message.max.bytes.
 
 Records are drawn from arbitrary bytes, arbitrary JSON documents (deep nesting, every Unicode plane,
 lone surrogate escapes, NaN/Infinity, huge strings, numbers of every shape), arbitrary header sets
@@ -12,6 +13,7 @@ import json
 import time
 
 import pytest
+from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +25,7 @@ from worker.settings import LEAN_FIELDS, RESULT_FIELDS
 from worker.stages import prepare, render
 
 EXAMPLES = 250
+LIMITS = (10_000, 30_000, 960_000)
 MODEL = {"id": "tiny", "revision": "local"}
 
 # --- building blocks ---
@@ -129,11 +132,14 @@ def test_hostile_polls_never_raise_and_always_fit(tiny_classifier, fault_report)
     started = time.perf_counter()
     reasons: dict[str, int] = {}
     examples = [0]
+    # librdkafka's own size check runs in produce(), no broker needed: one producer per limit.
+    producers = {limit: Producer({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": limit, "log_level": 0})
+                 for limit in LIMITS}
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
     @given(records=poll(), input_format=st.sampled_from(["text", "json"]),
-           max_bytes=st.sampled_from([10_000, 30_000, 960_000]), reserve=st.integers(0, 300),
+           max_bytes=st.sampled_from(LIMITS), reserve=st.integers(0, 300),
            fields=st.sampled_from([RESULT_FIELDS, LEAN_FIELDS, ("label", "score"), ("text", "label", "score")]),
            poison=st.sampled_from([None] * 6 + [float("nan"), float("inf")]))
     def check(records, input_format, max_bytes, reserve, fields, poison):
@@ -152,9 +158,16 @@ def test_hostile_polls_never_raise_and_always_fit(tiny_classifier, fault_report)
             out = render(item.item, prediction, model=MODEL, now_ms=time.time() * 1000, max_bytes=max_bytes,
                          reserve_bytes=reserve, fields=fields)
             _check(out, max_bytes, reserve, fields)
+            producers[max_bytes].produce("t", key=out.key, value=out.value, headers=out.headers)  # must not raise
+            producers[max_bytes].purge()
             reasons[out.reason or "result"] = reasons.get(out.reason or "result", 0) + 1
 
-    check()
+    try:
+        check()
+    finally:
+        for producer in producers.values():
+            producer.purge()
+            producer.flush(0)
     elapsed = time.perf_counter() - started
     fault_report("property-hostile-polls", examples=examples[0], seconds=round(elapsed, 1),
                  **dict(sorted(reasons.items())))

@@ -347,3 +347,35 @@ def test_result_fields_setting_fails_at_start_naming_the_variable(monkeypatch):
     settings = load_settings()
     assert settings.result_field_names == LEAN_FIELDS
     assert settings.max_message_bytes < 1_000_000  # below the producer's default message.max.bytes
+
+
+def test_rendered_records_pass_the_real_producers_size_check():
+    """librdkafka checks message.max.bytes inside produce(), before any broker is involved: every
+    rendered record must be accepted at a limit of max_bytes, and the size formula must be exact."""
+    from confluent_kafka import KafkaException, Producer
+
+    limit = 20_000
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": limit, "log_level": 0})
+    try:
+        many = [(f"h{i}", b"v" * 100) for i in range(300)]
+        text = "가😀\"" * 3000
+        rendered = [
+            r.render_result(Comment(rec(text.encode()), text), _prediction(), model=MODEL, now_ms=0, max_bytes=limit),
+            r.render_dead_letter(Rejection(rec(b"v" * 50_000, headers=many), r.TOO_LARGE, "d"), model_id="m",
+                                 now_ms=0, max_bytes=limit),
+            r.render_dead_letter(Rejection(rec(b"v", headers=many, key=b"K" * 60_000), r.TOO_LARGE, "d"),
+                                 model_id="m", now_ms=0, max_bytes=limit),
+            r.render_dead_letter(Rejection(rec(None, headers=[("a\udc80", None)]), r.TOMBSTONE, "d"), model_id="m",
+                                 now_ms=0, max_bytes=limit),
+        ]
+        for out in rendered:
+            assert isinstance(out, r.Rendered) and out.size <= limit
+            producer.produce("t", key=out.key, value=out.value, headers=out.headers)
+        headers = [("abc", b"v" * 20), ("none", None)]
+        exact = b"x" * (limit - record_size(b"key", b"", headers))
+        producer.produce("t", key=b"key", value=exact, headers=headers)  # exactly the limit: accepted
+        with pytest.raises(KafkaException, match="MSG_SIZE_TOO_LARGE"):
+            producer.produce("t", key=b"key", value=exact + b"x", headers=headers)
+    finally:
+        producer.purge()
+        producer.flush(0)
