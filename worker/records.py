@@ -403,23 +403,38 @@ def _assemble(input_json: bytes | None, text_json: bytes | None, small: dict[str
     return b"".join(parts)
 
 
-def _longest_prefix(text: str, room: int) -> bytes:
-    """The JSON string of the longest prefix of ``text`` (whole code points) taking at most ``room`` bytes."""
+_TAIL_CHUNK = 4096  # code points measured at a time when cutting text from the end
 
-    def encoded(n: int) -> bytes:
-        return _json_bytes(text[:n])
 
-    low, high = 0, min(len(text), max(0, room))  # every code point takes at least one byte
-    best = encoded(high)
-    if len(best) <= room:
-        return best
-    while low < high:  # invariant: prefix `low` fits, prefix `high` does not
-        middle = (low + high + 1) // 2
-        if len(encoded(middle)) <= room:
-            low = middle
-        else:
-            high = middle - 1
-    return encoded(low)
+def _longest_prefix(text: str, text_json: bytes, room: int) -> bytes:
+    """The JSON string of the longest prefix of ``text`` (whole code points) taking at most ``room`` bytes.
+
+    JSON escapes each code point on its own, so the JSON of a prefix is the full JSON (``text_json``)
+    less the escaped bytes of the cut tail, closed by a quote. Measuring the tail from the end in chunks
+    costs time in proportion to what is cut, not to the text's length.
+    """
+    excess = len(text_json) - room
+    if excess <= 0:
+        return text_json
+    end = len(text)
+    while end > 0:
+        start = max(0, end - _TAIL_CHUNK)
+        chunk_cost = len(_json_bytes(text[start:end])) - 2
+        if chunk_cost < excess:
+            excess -= chunk_cost
+            end = start
+            continue
+        low, high = 1, end - start  # the shortest tail of this chunk whose cost covers the excess
+        while low < high:
+            middle = (low + high) // 2
+            if len(_json_bytes(text[end - middle:end])) - 2 >= excess:
+                high = middle
+            else:
+                low = middle + 1
+        end -= low
+        break
+    kept = len(_json_bytes(text[end:])) - 2  # escaped bytes of the whole cut tail
+    return text_json[: len(text_json) - 1 - kept] + b'"'
 
 
 def render_result(
@@ -473,9 +488,9 @@ def render_result(
         value = _assemble(None, text_json, small)
     if len(value) > limit and text_json is not None:
         small["cut"] = {"input": "input" in fields, "text": True, "text_length": len(comment.text)}
-        room = limit - len(_assemble(None, b"", small))
-        if room >= 2:  # the two quotes of an empty string
-            value = _assemble(None, _longest_prefix(comment.text, room), small)
+        room = limit - len(_assemble(None, b"", small))  # bytes left for the text's JSON string
+        if room >= 2:  # at least the quotes of an empty string
+            value = _assemble(None, _longest_prefix(comment.text, text_json, room), small)
     if len(value) > limit:
         return Rejection(
             record,

@@ -379,3 +379,26 @@ def test_rendered_records_pass_the_real_producers_size_check():
     finally:
         producer.purge()
         producer.flush(0)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_longest_prefix_matches_a_plain_search(seed):
+    import random
+
+    rng = random.Random(seed)
+    alphabet = ["a", "가", "😀", '"', "\\", "\n", "\x00", "\u2028", "é"]
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12_000)))
+    full = json.dumps(text, ensure_ascii=False).encode()
+    room = rng.randint(2, len(full) + 5)
+    expected = max(
+        (n for n in range(len(text) + 1) if len(json.dumps(text[:n], ensure_ascii=False).encode()) <= room),
+        default=0,
+    ) if len(text) < 400 else None
+    got = r._longest_prefix(text, full, room)
+    prefix = json.loads(got)
+    assert len(got) <= room and text.startswith(prefix)
+    assert got == json.dumps(prefix, ensure_ascii=False).encode()
+    if len(prefix) < len(text):  # one more code point would not fit
+        assert len(json.dumps(text[: len(prefix) + 1], ensure_ascii=False).encode()) > room
+    if expected is not None:
+        assert len(prefix) == expected
