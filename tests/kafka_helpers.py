@@ -334,3 +334,36 @@ class HealthProber:
 
     def blocked_reasons(self) -> set[str]:
         return {reason for p in self._samples for reason in p.blocked}
+
+def produce_with_offsets(
+    bootstrap: str, topic: str, records: Sequence[tuple], producer_config: dict[str, Any] | None = None
+) -> list[int]:
+    """Like `produce` (records are (key, value, headers, timestamp_ms or None)), in order, one at a time
+    in flight so order holds; returns each record's offset. `producer_config` can raise size limits."""
+    config = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    config.update(producer_config or {})
+    producer = Producer(config)
+    offsets: list[int | None] = [None] * len(records)
+    failures: list[str] = []
+
+    def report_for(index: int):
+        def report(error: Any, message: Any) -> None:
+            if error is not None:
+                failures.append(f"record {index}: {error.str()}")
+            else:
+                offsets[index] = message.offset()
+
+        return report
+
+    for index, (key, value, headers, timestamp_ms) in enumerate(records):
+        extra = {"timestamp": timestamp_ms} if timestamp_ms is not None else {}
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, headers=headers, on_delivery=report_for(index), **extra)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    assert producer.flush(120) == 0, "input records not delivered"
+    assert not failures, failures[:5]
+    return [offset for offset in offsets if offset is not None]

@@ -40,9 +40,10 @@ from worker.metrics import Health, WorkerMetrics
 from worker.model import Classifier, Encoding
 from worker.outputs import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
 from worker.publishing import AtLeastOncePublisher, TransactionalPublisher, fatal_for
-from worker.records import TOKENIZE_ERROR, Comment, InputRecord, Rejection, decode_safely
+from worker.records import InputRecord
 from worker.routing import check_labels
 from worker.settings import Settings
+from worker.stages import prepare
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, exit_line, hard_exit
 
@@ -112,7 +113,8 @@ class Worker:
         )
         self.model_ref = {"id": classifier.info.get("model", "?"), "revision": classifier.info.get("revision", "?")}
         self.renderer = Renderer(
-            settings.output_topic, settings.dlq_topic, self.model_ref, settings.routes, self.port.max_record_bytes
+            settings.output_topic, settings.dlq_topic, self.model_ref, settings.routes, self.port.max_record_bytes,
+            settings.max_message_bytes, settings.result_field_names,
         )
         publisher = TransactionalPublisher if self.port.transactional else AtLeastOncePublisher
         self.publisher = publisher(self.port, self, self.renderer, clock, wall_clock)
@@ -207,7 +209,11 @@ class Worker:
     def _accept(self, records: list[InputRecord]) -> None:
         now = self._clock()
         self._access_ok()
-        for record, item, encoding in self._prepare(records):
+        s = self.settings
+        prepared = prepare(records, self.classifier, input_format=s.input_format, text_field=s.text_field,
+                           max_bytes=s.max_message_bytes)
+        for p in prepared:
+            record, item, encoding = p.record, p.item, p.encoding
             partition = (record.topic, record.partition)
             epoch = self.epochs.of(partition)
             if epoch is None:
@@ -224,35 +230,6 @@ class Worker:
             if self.batcher.is_full():
                 self._dispatch()
         self.metrics.in_flight.set(len(self.tracker))
-
-    def _prepare(self, records: list[InputRecord]) -> list[tuple[InputRecord, Comment | Rejection, Encoding | None]]:
-        """Decode every record and tokenize the texts of the poll in one call (text by text if it fails)."""
-        s = self.settings
-        items = [decode_safely(r, s.input_format, s.text_field, s.max_message_bytes) for r in records]
-        texts = [item.text for item in items if isinstance(item, Comment)]
-        try:
-            encodings: list[Encoding | Exception] = list(self.classifier.encode(texts)) if texts else []
-        except Exception:  # noqa: BLE001 - find the culprits one by one
-            encodings = [self._encode_one(text) for text in texts]
-        prepared: list[tuple[InputRecord, Comment | Rejection, Encoding | None]] = []
-        pending = iter(encodings)
-        for record, item in zip(records, items):
-            if isinstance(item, Comment):
-                encoding = next(pending)
-                if isinstance(encoding, Exception):
-                    detail = f"the tokenizer failed: {type(encoding).__name__}: {encoding}"[:1000]
-                    prepared.append((record, Rejection(record, TOKENIZE_ERROR, detail), None))
-                    continue
-                prepared.append((record, item, encoding))
-            else:
-                prepared.append((record, item, None))
-        return prepared
-
-    def _encode_one(self, text: str) -> Encoding | Exception:
-        try:
-            return self.classifier.encode([text])[0]
-        except Exception as exc:  # noqa: BLE001 - this text alone: it becomes a dead letter
-            return exc
 
     def _dispatch(self) -> None:
         if len(self.batcher) == 0:

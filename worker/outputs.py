@@ -1,7 +1,8 @@
 """What each consumed record turns into: the result, its routed copies, or a dead letter. No I/O.
 
 A :class:`Delivery` groups every message one input record produces; the record counts as done
-(its offset may be committed) once all of them are acknowledged.
+(its offset may be committed) once all of them are acknowledged. Rendering itself (strict JSON,
+sizes, dead letters) is :mod:`worker.stages`' and :mod:`worker.records`'.
 """
 
 from __future__ import annotations
@@ -10,8 +11,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from worker.inference import Entry
-from worker.records import Headers, InputRecord, Rejection, dead_letter_headers, encode_result
+from worker.records import (
+    Headers,
+    InputRecord,
+    Rejection,
+    header_size,
+    minimal_dead_letter,
+    render_dead_letter,
+)
 from worker.routing import ROUTE_HEADER, Route, matching
+from worker.settings import RESULT_FIELDS
+from worker.stages import render
 
 RESULT, ROUTED, DEAD_LETTER = "result", "routed", "dead_letter"
 
@@ -49,39 +59,54 @@ class Delivery:
 
 @dataclass
 class Renderer:
-    """Turns classified entries into deliveries, each message within its topic's size limit."""
+    """Turns classified entries into deliveries, each message within every destination's size limit.
+
+    ``max_record_bytes(topic)`` is what the producer and that topic accept (read from the cluster
+    at start); the budget is the smallest of those and ``max_message_bytes``, less room for the
+    routing header on copies.
+    """
 
     output_topic: str
     dlq_topic: str
     model_ref: dict[str, str]
     routes: Sequence[Route] = ()
     max_record_bytes: Callable[[str], int] = field(default=lambda topic: 1_000_000)
+    max_message_bytes: int = 1_000_000
+    fields: Sequence[str] = RESULT_FIELDS
+    _budget: int | None = None
+
+    @property
+    def budget(self) -> int:
+        if self._budget is None:  # the limits are known once the clients have started
+            topics = [self.output_topic, self.dlq_topic, *(r.topic for r in self.routes)]
+            self._budget = min([self.max_message_bytes, *(self.max_record_bytes(t) for t in topics)])
+        return self._budget
+
+    @property
+    def route_reserve(self) -> int:
+        return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.routes), default=0)
 
     def render(self, entry: Entry, now_ms: float) -> Delivery:
         record = entry.record
-        item = entry.item
-        if isinstance(item, Rejection) or entry.prediction is None:
-            reason = item.reason if isinstance(item, Rejection) else "inference_error"
-            detail = item.detail if isinstance(item, Rejection) else "no prediction"
-            messages = [self.dead_letter(record, reason, detail, now_ms)]
+        out = render(entry.item, entry.prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.budget,
+                     reserve_bytes=self.route_reserve, fields=self.fields)
+        if out.reason is not None:
+            messages = [Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=out.reason)]
         else:
-            try:
-                value = encode_result(item, entry.prediction, self.model_ref, now_ms)
-            except Exception as exc:  # noqa: BLE001 - one record's encoding never stops the stream
-                messages = [self.dead_letter(record, "encode_error", f"{type(exc).__name__}: {exc}", now_ms)]
-            else:
-                label = entry.prediction.label
-                headers = list(record.headers)
-                messages = [Message(self.output_topic, record.key, value, headers, RESULT, label=label)]
-                for route in matching(self.routes, label, entry.prediction.score):
-                    routed_headers = headers + [(ROUTE_HEADER, route.name.encode())]
-                    messages.append(Message(route.topic, record.key, value, routed_headers, ROUTED, label=label, route=route.name))
+            assert out.prediction is not None
+            label = out.prediction.label
+            messages = [Message(self.output_topic, out.key, out.value, out.headers, RESULT, label=label)]
+            for route in matching(self.routes, label, out.prediction.score):
+                routed_headers = [*out.headers, (ROUTE_HEADER, route.name.encode())]
+                messages.append(Message(route.topic, out.key, out.value, routed_headers, ROUTED, label=label,
+                                        route=route.name))
         return Delivery(record, entry.epoch, messages, arrived_at=entry.arrived_at)
 
     def dead_letter(self, record: InputRecord, reason: str, detail: str, now_ms: float, minimal: bool = False) -> Message:
         """The dead letter of ``record``; ``minimal`` leaves out everything that could be refused."""
-        headers = dead_letter_headers(Rejection(record, reason, detail), self.model_ref["id"], now_ms)
+        rejection = Rejection(record, reason, detail)
         if minimal:
-            headers = [(k, v) for k, v in headers if k.startswith("worker.")]
-            return Message(self.dlq_topic, None, None, headers, DEAD_LETTER, reason=reason)
-        return Message(self.dlq_topic, record.key, record.value, headers, DEAD_LETTER, reason=reason)
+            out = minimal_dead_letter(rejection)
+        else:
+            out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.budget)
+        return Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=reason)

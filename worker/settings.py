@@ -29,6 +29,39 @@ _PASS_THROUGH_SCOPES = {
     "KAFKA_PRODUCER_": "kafka_producer",
     "KAFKA_": "kafka",
 }
+
+# The fields of a result record (README "Output record"), in output order; WORKER_RESULT_FIELDS picks some.
+RESULT_FIELDS = (
+    "input", "text", "label", "score", "probabilities", "truncated", "tokens", "model", "source", "latency_ms",
+    "classified_at",
+)
+ALWAYS_IN_RESULT = ("label", "score")
+# `lean`: everything but the user's text (privacy; and the echo is most of a result's bytes).
+LEAN_FIELDS = tuple(f for f in RESULT_FIELDS if f not in ("input", "text"))
+FIELD_SHORTHANDS = {"all": RESULT_FIELDS, "lean": LEAN_FIELDS}
+
+
+def parse_result_fields(spec: str) -> tuple[str, ...]:
+    """``WORKER_RESULT_FIELDS``: comma-separated field names and/or ``all``/``lean``, in canonical order.
+
+    ``label`` and ``score`` are always included. Raises ValueError naming an unknown field.
+    """
+    wanted: set[str] = set(ALWAYS_IN_RESULT)
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise ValueError("name at least one field, or all / lean")
+    for name in names:
+        if name in FIELD_SHORTHANDS:
+            wanted.update(FIELD_SHORTHANDS[name])
+        elif name in RESULT_FIELDS:
+            wanted.add(name)
+        else:
+            raise ValueError(
+                f"unknown field {name!r}; choose from {', '.join(RESULT_FIELDS)}, or all / lean"
+            )
+    return tuple(f for f in RESULT_FIELDS if f in wanted)
+
+
 _SECRET_KEY = re.compile(r"password|secret|\.key\b|key\.pem|token|credentials", re.IGNORECASE)
 
 
@@ -112,7 +145,13 @@ class Settings(BaseSettings):
     input_format: Literal["text", "json"] = Field("text", description="Input record value: raw UTF-8 text, or a JSON object.")
     text_field: str = Field("text", min_length=1, description="Dotted path to the text inside a JSON input (e.g. comment.body).")
     max_message_bytes: int = Field(
-        1_000_000, gt=0, description="Records with a larger value go to the dead-letter topic."
+        960_000,
+        ge=10_000,
+        description="Byte budget of every record the worker writes (key + value + headers, counted as for the producer's message.max.bytes): larger results are cut, larger dead letters are cut copies; input values over it are dead-lettered as too_large. Keep it below message.max.bytes (1000000) and the topics' max.message.bytes.",
+    )
+    result_fields: str = Field(
+        "all",
+        description="Fields of a result, comma separated (input, text, label, score, probabilities, truncated, tokens, model, source, latency_ms, classified_at), or all, or lean (all but input and text); label and score are always there.",
     )
 
     # --- Model ---
@@ -169,6 +208,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("result_fields")
+    @classmethod
+    def _check_result_fields(cls, value: str) -> str:
+        parse_result_fields(value)  # raises ValueError naming the unknown field
+        return value
+
+    @property
+    def result_field_names(self) -> tuple[str, ...]:
+        """The fields a result carries, in output order (see worker.records.parse_result_fields)."""
+        return parse_result_fields(self.result_fields)
 
     @field_validator("device")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import socket
 import time
 from collections import deque
@@ -51,9 +52,21 @@ INIT_TRANSACTIONS_CHUNK_S = 5.0
 POLL_SLACK_S = 30.0
 
 
+# confluent-kafka (2.16) decodes header names as UTF-8; for a name that is not, Message.headers() returns
+# a list holding a NULL with the error still set. A plain `message.headers()` call can then go unchecked
+# (CPython's specialised method calls skip the check) and touching the list crashes the process
+# (SIGSEGV, seen with a header name written by kcat). Called through operator.methodcaller, the result
+# is always checked, so it raises SystemError instead and the record is dead-lettered (decode_error).
+_read_headers = operator.methodcaller("headers")
+
+
 def _to_record(message: Any) -> InputRecord:
     timestamp_type, timestamp = message.timestamp()
-    headers = message.headers() or []
+    unreadable = None
+    try:
+        headers = _read_headers(message) or []
+    except Exception as exc:  # noqa: BLE001 - the record is dead-lettered, the worker goes on
+        headers, unreadable = [], f"record headers could not be read (a header name that is not UTF-8?): {exc!r}"[:500]
     return InputRecord(
         topic=message.topic(),
         partition=message.partition(),
@@ -62,6 +75,7 @@ def _to_record(message: Any) -> InputRecord:
         value=message.value(),
         headers=[(k, v if v is not None else b"") for k, v in headers],
         timestamp_ms=timestamp if timestamp_type != 0 and timestamp > 0 else None,
+        unreadable=unreadable,
     )
 
 
