@@ -73,7 +73,7 @@ def _to_record(message: Any) -> InputRecord:
         offset=message.offset(),
         key=message.key(),
         value=message.value(),
-        headers=[(k, v if v is not None else b"") for k, v in headers],
+        headers=list(headers),  # a header with a null value keeps its null (pass_through_headers allows it)
         timestamp_ms=timestamp if timestamp_type != 0 and timestamp > 0 else None,
         unreadable=unreadable,
     )
