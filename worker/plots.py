@@ -49,18 +49,8 @@ def _reliability(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str
     figure, (top, bottom) = plt.subplots(
         2, 1, figsize=(_SIZE[0], _SIZE[1] + 1.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    width = bins[0]["upper"] - bins[0]["lower"]
     filled = [b for b in bins if b["count"]]
-    top.bar(
-        [b["lower"] for b in filled],
-        [b["accuracy"] for b in filled],
-        width=width,
-        align="edge",
-        color=_POSITIVE,
-        alpha=0.75,
-        edgecolor="white",
-        label="observed accuracy in bin",
-    )
+    _bin_bars(top, filled, [b["accuracy"] for b in filled], _POSITIVE, alpha=0.75, label="observed accuracy in bin")
     low, high = bins[0]["lower"], bins[-1]["upper"]
     top.plot([low, high], [low, high], "--", color="black", linewidth=1, label="perfect calibration (accuracy = score)")
     top.set_xlim(low, high)
@@ -70,20 +60,21 @@ def _reliability(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str
     top.set_title(f"Reliability diagram: ECE {calibration['ece']:.3f}\n{subtitle}", fontsize=11)
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
-    bottom.bar(
-        [b["lower"] for b in bins],
-        [b["count"] for b in bins],
-        width=width,
-        align="edge",
-        color=_GREY,
-        edgecolor="white",
-    )
+    _bin_bars(bottom, bins, [b["count"] for b in bins], _GREY)
     bottom.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
     bottom.set_ylabel("texts in bin")
-    bottom.set_xlabel("winning score (probability of the predicted label), 10 bins of 0.05")
+    width = bins[0]["upper"] - bins[0]["lower"]
+    bottom.set_xlabel(f"winning score (probability of the predicted label), {len(bins)} bins of {width:.2g}")
     bottom.grid(alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def _bin_bars(axes: Any, bins: list[dict[str, Any]], heights: list[float], color: str, **style: Any) -> None:
+    """One bar per calibration bin, spanning the bin."""
+    lefts = [b["lower"] for b in bins]
+    widths = [b["upper"] - b["lower"] for b in bins]
+    axes.bar(lefts, heights, width=widths, align="edge", color=color, edgecolor="white", **style)
 
 
 def _precision_recall(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str) -> Any:
