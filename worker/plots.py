@@ -112,6 +112,8 @@ def _precision_recall(plt: Any, scored: Scored, report: dict[str, Any], subtitle
 
 
 def _histogram(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str) -> Any:
+    from matplotlib import ticker
+
     negatives = [s for s, truth in zip(scored.negative_scores, scored.truths) if truth == 0]
     positives = [s for s, truth in zip(scored.negative_scores, scored.truths) if truth == 1]
     edges = [i / 50 for i in range(51)]
@@ -122,6 +124,10 @@ def _histogram(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str) 
         axes.hist(values, bins=edges, histtype="step", color=color, linewidth=1.8, label=label)
     axes.axvline(0.5, color="black", linestyle="--", linewidth=1, label="0.5: predicted label changes")
     axes.set_yscale("log")
+    # Plain numbers at 1-2-5 steps: powers of ten alone leave too few labels over the two decades here.
+    axes.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
+    axes.yaxis.set_minor_formatter(ticker.NullFormatter())
     axes.set_xlim(0, 1)
     axes.set_xlabel("P(negative): the model's score for the label 'negative' (50 bins)")
     axes.set_ylabel("texts (log scale)")
