@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from worker.errors import WorkerError
+from worker.evaluation import DEFAULT_REVIEW_BELOW, DEFAULT_THRESHOLDS
 from worker.settings import Settings, load_settings
 
 log = logging.getLogger("worker")
@@ -22,11 +23,12 @@ log = logging.getLogger("worker")
 # How far past WORKER_SHUTDOWN_TIMEOUT_S the process may run after SIGTERM before it is ended anyway.
 SHUTDOWN_MARGIN_S = 3.0
 
+# The four example sentences of the document this project started from (its `pipeline()` example), in its order.
 SEED_SENTENCES = (
     "이 영화 정말 재밌다!",
-    "시간 낭비였다. 최악의 영화",
-    "배우들 연기가 좋아서 끝까지 몰입했어요",
-    "스토리가 너무 지루하고 뻔하다",
+    "연기도 별로고 스토리도 엉망이네",
+    "배우들 연기력이 대단하다",
+    "시간 낭비했다 다신 안 봄",
 )
 
 
@@ -183,18 +185,50 @@ def cmd_classify(settings: Settings, texts: Sequence[str], as_json: bool) -> int
     return 0
 
 
-def cmd_eval(settings: Settings, path: Path, limit: int | None, batch_messages: int, output: Path | None) -> int:
-    from worker.evaluation import evaluate, read_nsmc
+def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.evaluation import format_report, read_nsmc, score_rows, summarize
 
-    rows = read_nsmc(path, limit)
+    if args.plots:
+        from worker.plots import pyplot
+
+        pyplot()  # a missing matplotlib fails here, not after the long run
+    rows = read_nsmc(args.tsv, args.limit)
     classifier = load_classifier(settings)
     classifier.warm_up()
-    report = evaluate(classifier, rows, batch_messages, settings.sub_batch_max_tokens)
+    scored = score_rows(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
+    report = summarize(scored, args.thresholds, args.review_below)
     report["model"] = classifier.info
-    print(json.dumps(report, ensure_ascii=False, indent=2))
-    if output:
-        output.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    print(text if args.json else format_report(report))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n", encoding="utf-8")
+    if args.plots:
+        from worker.plots import write_eval_plots
+
+        for path in write_eval_plots(scored, report, args.plots, classifier.info.get("model", "")):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _thresholds(value: str) -> tuple[float, ...]:
+    try:
+        thresholds = tuple(sorted(float(part) for part in value.split(",") if part.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {value!r}") from None
+    if not thresholds or not all(0 <= t <= 1 for t in thresholds):
+        raise argparse.ArgumentTypeError(f"thresholds must lie in [0, 1]: {value!r}")
+    return thresholds
+
+
+def _probability(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.5 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0.5, 1] (a binary model's winning score): {value!r}")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,13 +239,38 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="consume, classify and publish until SIGTERM/SIGINT")
     classify = commands.add_parser("classify", help="classify the given texts and print one line each")
-    classify.add_argument("texts", nargs="*", help="texts to classify (default: four sample sentences)")
+    classify.add_argument(
+        "texts", nargs="*", help="texts to classify (default: the four example sentences of the seed document)"
+    )
     classify.add_argument("--json", action="store_true", help="print one JSON object per text")
-    evaluate = commands.add_parser("eval", help="accuracy, F1 and throughput on an NSMC-format TSV")
+    evaluate = commands.add_parser(
+        "eval",
+        help="accuracy, threshold table, calibration (ECE) and throughput on an NSMC-format TSV",
+        description="Classify a labelled TSV and report accuracy, a threshold table for flagging the 'negative' "
+        "class (precision, recall, share flagged, share sent to review), the expected calibration error, and "
+        "optionally charts.",
+    )
     evaluate.add_argument("tsv", type=Path, help="file with columns id, document, label (tab separated, header row)")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N rows")
     evaluate.add_argument("--batch-messages", type=int, default=1024, help="texts per length-sorted window")
     evaluate.add_argument("--output", type=Path, default=None, help="also write the report as JSON here")
+    evaluate.add_argument("--json", action="store_true", help="print the JSON report instead of the tables")
+    evaluate.add_argument(
+        "--thresholds",
+        type=_thresholds,
+        default=DEFAULT_THRESHOLDS,
+        help="comma-separated thresholds on P(negative) for the table (default: 0.50,0.55,...,0.95,0.96,...,0.99)",
+    )
+    evaluate.add_argument(
+        "--review-below",
+        type=_probability,
+        default=DEFAULT_REVIEW_BELOW,
+        help="review band: texts whose winning score (either label) is below this go to human review "
+        f"(default {DEFAULT_REVIEW_BELOW})",
+    )
+    evaluate.add_argument(
+        "--plots", type=Path, default=None, metavar="DIR", help="write PNG charts here (needs matplotlib)"
+    )
     return parser
 
 
@@ -224,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(settings)
         if args.command == "classify":
             return cmd_classify(settings, args.texts, args.json)
-        return cmd_eval(settings, args.tsv, args.limit, args.batch_messages, args.output)
+        return cmd_eval(settings, args)
     except WorkerError as exc:
         print(f"worker: error: {exc}", file=sys.stderr)
         return 2

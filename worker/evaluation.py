@@ -1,9 +1,15 @@
-"""Accuracy of the worker's own classifier on an NSMC-format TSV (``worker eval``)."""
+"""Accuracy, thresholds and calibration of the worker's own classifier on an NSMC-format TSV (``worker eval``).
+
+Scoring (the model run) and the numbers drawn from the scores are separate, so the threshold table and the
+calibration error are plain functions of (score, truth) pairs that a test can check against its own sums.
+"""
 
 from __future__ import annotations
 
 import csv
 import time
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,12 +41,55 @@ def read_nsmc(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
     return [(document, label) for _, document, label in read_nsmc_rows(path, limit)]
 
 
-def evaluate(
+# Thresholds on the "negative" score reported by default: the coarse steps, then the fine steps where
+# moderators usually set an automatic flag.
+DEFAULT_THRESHOLDS = (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95, 0.96, 0.97, 0.98, 0.99)
+# Texts whose winning score is below this go to human review (the issue's example rule "any label, score < 0.6").
+DEFAULT_REVIEW_BELOW = 0.6
+# Top-label calibration: the winning score of a binary model lies in [0.5, 1], cut into 10 bins of 0.05.
+CALIBRATION_BINS = 10
+CALIBRATION_RANGE = (0.5, 1.0)
+TARGET_PRECISIONS = (0.90, 0.95, 0.99)
+# The grid searched for the lowest threshold that reaches a target precision (and drawn in the charts).
+FINE_THRESHOLDS = tuple(round(0.5 + i / 1000, 3) for i in range(500))
+
+THRESHOLD_DEFINITIONS = {
+    "negative_score": "the model's probability of the label 'negative'",
+    "flagged": "negative_score >= threshold (for thresholds >= 0.5: label negative and score >= threshold)",
+    "precision": "share of the flagged texts whose true label is negative (null when nothing is flagged)",
+    "recall": "share of the truly negative texts that are flagged",
+    "flagged_share": "flagged texts / all texts",
+    "review_share": "texts in the review band (winning score, either label, below review_below) that are not "
+    "flagged at this threshold / all texts",
+}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per-text outcome of a model run over labelled rows; NSMC convention: truth 0 negative, 1 positive."""
+
+    truths: list[int]
+    negative_scores: list[float]
+    winning_scores: list[float]
+    predicted: list[int]
+    seconds: float
+    real_tokens: int
+    padded_tokens: int
+
+
+def score_rows(
     classifier: Classifier, rows: Sequence[tuple[str, int]], window: int = 1024, sub_batch_max_tokens: int = 2048
-) -> dict[str, Any]:
+) -> Scored:
+    """Classify every row in length-sorted windows, with a progress bar; binary models only."""
     labels = classifier.labels
+    if len(labels) != 2:
+        raise ValueError(f"worker eval needs a binary model; this one has labels {labels}")
     positive = labels.index("positive") if "positive" in labels else 1
-    confusion = [[0, 0], [0, 0]]  # [true][predicted]
+    negative = 1 - positive
+    truths: list[int] = []
+    negative_scores: list[float] = []
+    winning_scores: list[float] = []
+    predicted: list[int] = []
     real = padded = 0
     started = time.perf_counter()
     with tqdm(total=len(rows), unit="text", desc="eval") as progress:
@@ -51,14 +100,118 @@ def evaluate(
             real += outcome.real_tokens
             padded += outcome.padded_tokens
             for (_, truth), probs in zip(chunk, outcome.probabilities):
-                predicted = 1 if probs[positive] >= 0.5 else 0
-                confusion[truth][predicted] += 1
+                truths.append(truth)
+                negative_scores.append(float(probs[negative]))
+                winning_scores.append(float(max(probs)))
+                predicted.append(1 if probs[positive] >= 0.5 else 0)
             progress.update(len(chunk))
-    elapsed = time.perf_counter() - started
-    total = len(rows)
+    return Scored(truths, negative_scores, winning_scores, predicted, time.perf_counter() - started, real, padded)
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def threshold_table(
+    negative_scores: Sequence[float],
+    truths: Sequence[int],
+    winning_scores: Sequence[float],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    review_below: float = DEFAULT_REVIEW_BELOW,
+) -> list[dict[str, Any]]:
+    """One row per threshold on the negative score; the columns are defined in ``THRESHOLD_DEFINITIONS``."""
+    total = len(negative_scores)
+    all_sorted = sorted(negative_scores)
+    negatives_sorted = sorted(s for s, truth in zip(negative_scores, truths) if truth == 0)
+    review_sorted = sorted(s for s, win in zip(negative_scores, winning_scores) if win < review_below)
+    rows = []
+    for threshold in thresholds:
+        flagged = total - bisect_left(all_sorted, threshold)
+        caught = len(negatives_sorted) - bisect_left(negatives_sorted, threshold)
+        review = bisect_left(review_sorted, threshold)  # in the band and below the threshold
+        rows.append(
+            {
+                "threshold": threshold,
+                "precision": _share(caught, flagged),
+                "recall": _share(caught, len(negatives_sorted)),
+                "flagged_share": _share(flagged, total),
+                "review_share": _share(review, total),
+                "flagged": flagged,
+                "negatives_flagged": caught,
+                "review": review,
+            }
+        )
+    return rows
+
+
+def lowest_threshold_for(table: Sequence[dict[str, Any]], target_precision: float) -> dict[str, Any] | None:
+    """The row with the lowest threshold whose precision reaches the target, or None if none does."""
+    for row in sorted(table, key=lambda r: r["threshold"]):
+        if row["precision"] is not None and row["precision"] >= target_precision:
+            return row
+    return None
+
+
+def calibration(
+    winning_scores: Sequence[float],
+    correct: Sequence[bool],
+    bins: int = CALIBRATION_BINS,
+    score_range: tuple[float, float] = CALIBRATION_RANGE,
+) -> dict[str, Any]:
+    """Expected calibration error of the winning score: sum over equal-width bins of
+    (texts in bin / all texts) * |accuracy in bin - mean winning score in bin|. A score equal to an inner
+    edge belongs to the bin above it; the top edge belongs to the last bin."""
+    low, high = score_range
+    edges = [low + (high - low) * i / bins for i in range(bins + 1)]
+    counts = [0] * bins
+    score_sums = [0.0] * bins
+    hits = [0] * bins
+    for score, right in zip(winning_scores, correct):
+        index = min(max(bisect_right(edges, score) - 1, 0), bins - 1)
+        counts[index] += 1
+        score_sums[index] += score
+        hits[index] += bool(right)
+    total = sum(counts)
+    ece = 0.0
+    table = []
+    for i in range(bins):
+        mean_score = score_sums[i] / counts[i] if counts[i] else None
+        accuracy = hits[i] / counts[i] if counts[i] else None
+        if counts[i]:
+            ece += counts[i] / total * abs(accuracy - mean_score)
+        table.append(
+            {
+                "lower": edges[i],
+                "upper": edges[i + 1],
+                "count": counts[i],
+                "mean_score": mean_score,
+                "accuracy": accuracy,
+            }
+        )
+    return {
+        "ece": ece if total else None,
+        "binning": f"{bins} equal-width bins of the winning score over [{low}, {high}]",
+        "bins": table,
+    }
+
+
+def summarize(
+    scored: Scored,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    review_below: float = DEFAULT_REVIEW_BELOW,
+) -> dict[str, Any]:
+    """The eval report: accuracy and F1 (positive class), the negative-class threshold table, calibration."""
+    confusion = [[0, 0], [0, 0]]  # [true][predicted]
+    for truth, guess in zip(scored.truths, scored.predicted):
+        confusion[truth][guess] += 1
+    total = len(scored.truths)
     tp, fp, fn = confusion[1][1], confusion[0][1], confusion[1][0]
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
+    correct = [truth == guess for truth, guess in zip(scored.truths, scored.predicted)]
+    fine = threshold_table(scored.negative_scores, scored.truths, scored.winning_scores, FINE_THRESHOLDS, review_below)
+    in_band = [right for right, win in zip(correct, scored.winning_scores) if win < review_below]
+    elapsed = scored.seconds
     return {
         "texts": total,
         "accuracy": (confusion[0][0] + tp) / total if total else 0.0,
@@ -66,7 +219,75 @@ def evaluate(
         "precision_positive": precision,
         "recall_positive": recall,
         "confusion_matrix": {"rows": "true label 0, 1", "columns": "predicted 0, 1", "values": confusion},
+        "negative_thresholds": {
+            "definitions": THRESHOLD_DEFINITIONS,
+            "review_below": review_below,
+            "rows": threshold_table(
+                scored.negative_scores, scored.truths, scored.winning_scores, thresholds, review_below
+            ),
+            "lowest_threshold_for_precision": {
+                f"{target:.2f}": lowest_threshold_for(fine, target) for target in TARGET_PRECISIONS
+            },
+        },
+        "review_band": {
+            "review_below": review_below,
+            "share": _share(len(in_band), total),
+            "accuracy": _share(sum(in_band), len(in_band)),
+        },
+        "calibration": calibration(scored.winning_scores, correct),
         "seconds": round(elapsed, 3),
         "texts_per_second": round(total / elapsed, 1) if elapsed else None,
-        "padding_efficiency": round(real / padded, 4) if padded else None,
+        "padding_efficiency": round(scored.real_tokens / scored.padded_tokens, 4) if scored.padded_tokens else None,
     }
+
+
+def evaluate(
+    classifier: Classifier,
+    rows: Sequence[tuple[str, int]],
+    window: int = 1024,
+    sub_batch_max_tokens: int = 2048,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    review_below: float = DEFAULT_REVIEW_BELOW,
+) -> dict[str, Any]:
+    return summarize(score_rows(classifier, rows, window, sub_batch_max_tokens), thresholds, review_below)
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a few readable lines and the threshold table (the JSON holds every number)."""
+    matrix = report["confusion_matrix"]["values"]
+    thresholds = report["negative_thresholds"]
+    review_below = thresholds["review_below"]
+    calibration = report["calibration"]
+    band = report["review_band"]
+    lines = [
+        f"texts {report['texts']:,}   accuracy {report['accuracy']:.4f}   F1 (positive) {report['f1_positive']:.4f}   "
+        f"{report['texts_per_second']} texts/s",
+        f"confusion (rows true 0/1, columns predicted 0/1): {matrix[0]} {matrix[1]}",
+        "ECE {:.4f} ({})".format(calibration["ece"] or 0.0, calibration["binning"]),
+        f"review band (winning score < {review_below:g}, either label): {_percent(band['share'])} of texts, "
+        f"model accuracy there {_percent(band['accuracy'])}",
+        "",
+        "Flagging negatives: flagged = P(negative) >= threshold; review = in the review band and not flagged",
+        "threshold | precision | recall | flagged | review",
+        "--------- | --------- | ------ | ------- | ------",
+    ]
+    for row in thresholds["rows"]:
+        lines.append(
+            f"{row['threshold']:>9.2f} | {_percent(row['precision']):>9} | {_percent(row['recall']):>6} | "
+            f"{_percent(row['flagged_share']):>7} | {_percent(row['review_share']):>6}"
+        )
+    lines.append("")
+    for target, row in thresholds["lowest_threshold_for_precision"].items():
+        if row is None:
+            lines.append(f"precision {_percent(float(target))}: no threshold up to 0.999 reaches it")
+        else:
+            lines.append(
+                f"precision {_percent(float(target))}: lowest threshold {row['threshold']:.3f} flags "
+                f"{_percent(row['flagged_share'])} of texts ({row['flagged']:,}) and catches "
+                f"{_percent(row['recall'])} of negatives (precision {_percent(row['precision'])})"
+            )
+    return "\n".join(lines)

@@ -16,6 +16,16 @@ def test_classify_prints_seed_format(monkeypatch, tiny_model_dir, capsys):
         assert re.fullmatch(r"(긍정|부정) \(\d\.\d\d\): " + re.escape(sentence), line), line
 
 
+def test_default_sentences_are_the_seed_examples():
+    """The seed document's `pipeline()` example, in its order (../shared/seed/, not shipped with the repo)."""
+    assert SEED_SENTENCES == (
+        "이 영화 정말 재밌다!",
+        "연기도 별로고 스토리도 엉망이네",
+        "배우들 연기력이 대단하다",
+        "시간 낭비했다 다신 안 봄",
+    )
+
+
 def test_classify_given_texts_json(monkeypatch, tiny_model_dir, capsys):
     import json
 
@@ -57,3 +67,51 @@ def test_benchmark_script_starts():
     result = subprocess.run([sys.executable, str(bench), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--messages" in result.stdout and "--skip-kafka" in result.stdout
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_reports_thresholds_calibration_and_writes_plots(monkeypatch, tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from tests.conftest import NSMC_SAMPLE
+    from worker.plots import CHART_FILES
+
+    monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("WORKER_DTYPE", "float32")
+    plots = tmp_path / "charts"
+    out = tmp_path / "nested" / "report.json"
+    argv = ["eval", str(NSMC_SAMPLE), "--limit", "300", "--plots", str(plots), "--output", str(out)]
+    assert main([*argv, "--review-below", "0.7", "--thresholds", "0.9,0.5,0.75"]) == 0
+    printed = capsys.readouterr().out
+    assert "threshold | precision | recall | flagged | review" in printed and "ECE" in printed
+    report = json.loads(out.read_text())
+    table = report["negative_thresholds"]
+    assert [row["threshold"] for row in table["rows"]] == [0.5, 0.75, 0.9]
+    assert table["review_below"] == 0.7 and report["review_band"]["review_below"] == 0.7
+    assert 0 <= report["calibration"]["ece"] <= 1
+    assert sum(b["count"] for b in report["calibration"]["bins"]) == 300
+    for name in CHART_FILES:
+        data = (plots / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, name
+
+
+def test_eval_plots_without_matplotlib_fails_before_the_run(monkeypatch, tiny_model_dir, tmp_path, capsys):
+    from tests.conftest import NSMC_SAMPLE
+
+    monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert main(["eval", str(NSMC_SAMPLE), "--limit", "10", "--plots", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "matplotlib" in captured.err and "koelectra-worker[plots]" in captured.err
+    assert "threshold" not in captured.out  # nothing was classified
+
+
+def test_eval_rejects_bad_threshold_arguments(capsys):
+    import pytest
+
+    for argv in (["--thresholds", "0.5,x"], ["--thresholds", "1.5"], ["--review-below", "0.3"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["eval", "x.tsv", *argv])
+        assert stop.value.code == 2
