@@ -344,8 +344,10 @@ def test_at_least_once_outage_longer_than_message_timeout_loses_nothing_and_keep
     tiny_model_dir, nsmc_rows, tmp_path, fault_report
 ):
     """The only broker is stopped for 11 s (+ its restart) while results are on their way, with
-    message.timeout.ms = 5 s and a producer queue small enough that the worker keeps producing newer
-    results while older ones time out (issue 10, defect 5): nothing lost, per-key order kept."""
+    message.timeout.ms = 5 s. The producer is paced (at most 100 results queued, sent after a 1 s linger:
+    at most ~100 results/s whatever the CPU), so the outage lands mid-stream and the worker keeps producing
+    newer results while older ones time out, as under steady traffic (issue 10, defect 5): nothing lost,
+    per-key order kept."""
     name = "alo outage > message.timeout.ms"
     with dedicated_broker(39620, tmp_path) as broker:
         topics = fresh_topics(broker.bootstrap)
@@ -356,9 +358,8 @@ def test_at_least_once_outage_longer_than_message_timeout_loses_nothing_and_keep
             broker.bootstrap, topics, tiny_model_dir, WORKER_INPUT_FORMAT="json",
             WORKER_BATCH_MAX_MESSAGES="16", WORKER_BATCH_MAX_WAIT_MS="5",
             WORKER_KAFKA_PRODUCER_MESSAGE_TIMEOUT_MS="5000",
-            # at most 200 results queued in the producer: while the broker is down the worker keeps
-            # producing newer results whenever older ones time out, as it would under steady traffic
-            WORKER_KAFKA_PRODUCER_QUEUE_BUFFERING_MAX_MESSAGES="200",
+            WORKER_KAFKA_PRODUCER_QUEUE_BUFFERING_MAX_MESSAGES="100",
+            WORKER_KAFKA_PRODUCER_LINGER_MS="1000",
         )
         log = tmp_path / "worker.log"
         process = start_worker_process(env, log)
@@ -368,8 +369,8 @@ def test_at_least_once_outage_longer_than_message_timeout_loses_nothing_and_keep
                      300, interval_s=0.1, message="the first results")
             fail_if([f"worker exited {process.returncode}"] if process.poll() is not None else [], log.read_text())
             before = output_count(broker.bootstrap, topics["output"])
-            if before >= len(records):
-                problems.append("precondition: every result was out before the outage")
+            if before > len(records) // 2:
+                problems.append(f"precondition: {before} of {len(records)} results out before the outage")
             down = time.monotonic()
             broker.stop()
             time.sleep(OUTAGE_S)
@@ -432,22 +433,23 @@ class HealthProbe:
         self._thread.join(10)
 
 
+@pytest.mark.parametrize("how, port", [("stop", 39630), ("kill", 39670)], ids=["sigterm-broker", "sigkill-broker"])
 def test_exactly_once_broker_restart_mid_stream_completes_exactly_once(
-    tiny_model_dir, nsmc_rows, tmp_path, fault_report
+    how, port, tiny_model_dir, nsmc_rows, tmp_path, fault_report
 ):
-    """The only broker is stopped for 8 s (plus its start-up) mid-stream and started again: the worker
-    recovers, or exits 4 and is restarted by the supervisor; read_committed sees every result once
-    (issue 10, defect 7). Readiness must never be green while health is red."""
-    name = "eos broker restart mid-stream"
-    with dedicated_broker(39630, tmp_path) as broker:
+    """The only broker is stopped (SIGTERM, or SIGKILL) for 8 s plus its start-up, mid-stream, and started
+    again: the worker recovers, or exits 4 and is restarted by the supervisor; read_committed sees every
+    result once (issue 10, defect 7). Readiness must never be green while health is red."""
+    name = f"eos broker {how} + restart mid-stream"
+    with dedicated_broker(port, tmp_path) as broker:
         topics = fresh_topics(broker.bootstrap)
         keys = feed(broker.bootstrap, topics["input"], nsmc_rows, TOTAL)
         end = end_offsets(broker.bootstrap, topics["input"])
-        port = free_port()
+        metrics_port = free_port()
         env = exactly_once_env(broker.bootstrap, topics, tiny_model_dir, **SMALL_WINDOWS,
-                               WORKER_METRICS_PORT=str(port))
+                               WORKER_METRICS_PORT=str(metrics_port))
         group = env["WORKER_GROUP_ID"]
-        probe = HealthProbe(port).start()
+        probe = HealthProbe(metrics_port).start()
         started = time.monotonic()
         supervisor = Supervisor(env, tmp_path).start()
         problems: list[str] = []
@@ -458,7 +460,7 @@ def test_exactly_once_broker_restart_mid_stream_completes_exactly_once(
                     supervisor.logs())
             committed_at_stop = sum(progress.committed.values())
             down = time.monotonic()
-            broker.stop()
+            getattr(broker, how)()
             time.sleep(RESTART_DOWN_S)
             broker.start()
             downtime = time.monotonic() - down
@@ -471,7 +473,8 @@ def test_exactly_once_broker_restart_mid_stream_completes_exactly_once(
             final = supervisor.stop()
         fault_report(name, committed_at_stop=committed_at_stop, downtime_s=round(downtime, 1),
                      restarts=supervisor.restarts, exit_codes=[e.code for e in supervisor.exits],
-                     stream_s=round(stream_s, 1), outcome=wait.reason, health_samples=probe.samples,
+                     stream_s=round(stream_s, 1), seconds_after_restart=round(wait.seconds, 1),
+                     outcome=wait.reason, health_samples=probe.samples,
                      health_red=probe.health_red, ready_while_unhealthy=probe.ready_while_unhealthy)
         missing, duplicates = exactly_once_outcome(name, broker.bootstrap, topics, keys, wait.complete, fault_report)
     if committed_at_stop >= TOTAL:
