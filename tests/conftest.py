@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -101,6 +102,15 @@ class LocalBroker:
             self.run("stop", timeout=deadline_s)
         except (subprocess.SubprocessError, OSError):
             self.kill()
+    def pid(self) -> int:
+        return int((self.data_dir / "kafka.pid").read_text().strip())
+
+    def freeze(self) -> None:
+        """SIGSTOP the broker: connections stay open and nothing answers (a long GC pause, a hung host)."""
+        os.kill(self.pid(), signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid(), signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")
@@ -159,12 +169,9 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def topics(kafka_bootstrap: str):
     """Fresh input, output and dead-letter topic names (3 input partitions), created on the broker."""
-    from tests.kafka_helpers import create_topics
+    from tests.kafka_helpers import fresh_topics
 
-    suffix = uuid.uuid4().hex[:8]
-    names = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dlq": f"dlq-{suffix}"}
-    create_topics(kafka_bootstrap, {names["input"]: 3, names["output"]: 3, names["dlq"]: 1})
-    return names
+    return fresh_topics(kafka_bootstrap)
 
 
 _FAULT_REPORTS: dict[str, dict[str, object]] = {}

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +247,255 @@ def stop_process(process: subprocess.Popen, grace_s: float = 30) -> int:
         if wait_exit(process, grace_s) is None:
             process.kill()
     return process.wait(30)
+# --- fault-test tools: progress, counting, process control, a restarting supervisor, scraping ---
+
+FATAL_EXIT = 4  # contract: fatal at run time; the orchestrator restarts the worker
+FATAL_LINE_PREFIX = "worker: fatal: "
+
+
+def fresh_topics(bootstrap: str, input_partitions: int = 3) -> dict[str, str]:
+    """New input, output and dead-letter topics (output with as many partitions as the input), created."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dlq": f"dlq-{suffix}"}
+    create_topics(bootstrap, {names["input"]: input_partitions, names["output"]: input_partitions, names["dlq"]: 1})
+    return names
+
+
+def output_count(bootstrap: str, topic: str) -> int:
+    """High watermarks summed: cheap progress, counts every record written (control records too)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+    finally:
+        consumer.close()
+
+
+def feed(bootstrap: str, topic: str, rows, count: int) -> list[str]:
+    """`count` NSMC documents (the rows repeated as needed), each under its own key; returns the keys."""
+    rows = (rows * (count // len(rows) + 1))[:count]
+    keys = [f"{i}-{doc_id}" for i, (doc_id, _, _) in enumerate(rows)]
+    produce(bootstrap, topic, [(k.encode(), doc.encode()) for k, (_, doc, _) in zip(keys, rows)])
+    return keys
+
+
+def summarize(name: str, keys: list[str], counts, report) -> tuple[int, int]:
+    """Missing and duplicated results of `keys` in `counts` (a Counter by key), reported under `name`."""
+    missing = sum(1 for k in keys if counts[k] == 0)
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    report(name, inputs=len(keys), results=sum(counts.values()), missing=missing, duplicates=duplicates)
+    return missing, duplicates
+
+
+def count_results(bootstrap: str, topic: str, keys: list[str], timeout_s: float = 240,
+                  read_committed: bool = True) -> Counter:
+    """Results per key, read until every key has one (then a few idle seconds, for duplicates)."""
+    results = consume_all(bootstrap, topic, expected=len(keys), timeout_s=timeout_s, idle_s=4,
+                          read_committed=read_committed)
+    counts = Counter(r.key.decode() for r in results)
+    assert set(counts) <= set(keys), "results for keys never sent"
+    return counts
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+class CommittedOffsets:
+    """Reads a group's committed offsets of one topic (a consumer that never joins the group).
+    Returns None while the broker cannot answer, so callers can keep polling through an outage."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: Sequence[int]) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        self._tps = [TopicPartition(topic, p) for p in partitions]
+
+    def read(self, timeout_s: float = 5) -> dict[int, int] | None:
+        try:
+            return {tp.partition: max(tp.offset, 0) for tp in self._consumer.committed(self._tps, timeout=timeout_s)}
+        except KafkaException:
+            return None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass
+class CommitWait:
+    complete: bool
+    reason: str  # "complete", or why the wait ended without it
+    seconds: float
+    committed: dict[int, int]
+
+
+def wait_committed(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    end: dict[int, int],
+    until: int | None = None,
+    timeout_s: float = 600,
+    stall_s: float = 150,
+    gone=lambda: None,
+) -> CommitWait:
+    """Wait until the group has committed every input offset (`end`: the input's end offsets), or `until`
+    of them. Ends early when the committed offsets have not moved for `stall_s`, or when `gone()` returns
+    a reason (the workers are gone for good). Never raises on a broker outage."""
+    offsets = CommittedOffsets(bootstrap, group, topic, list(end))
+    started = last_move = time.monotonic()
+    committed: dict[int, int] = {}
+    last_total = -1
+    try:
+        while True:
+            now = time.monotonic()
+            read = offsets.read()
+            if read is not None:
+                committed = read
+                done = sum(min(committed.get(p, 0), e) for p, e in end.items())
+                if done >= (sum(end.values()) if until is None else until):
+                    return CommitWait(True, "complete", now - started, committed)
+                total = sum(committed.values())
+                if total != last_total:
+                    last_total, last_move = total, now
+            done_at = sum(min(committed.get(p, 0), e) for p, e in end.items())
+            progress = f"{done_at}/{sum(end.values())} input offsets committed"
+            reason = gone()
+            if reason:
+                return CommitWait(False, f"{reason}; {progress}", now - started, committed)
+            if now - last_move > stall_s:
+                return CommitWait(False, f"no commit for {stall_s:.0f} s; {progress}", now - started, committed)
+            if now - started > timeout_s:
+                return CommitWait(False, f"not complete after {timeout_s:.0f} s; {progress}", now - started, committed)
+            time.sleep(1.0)
+    finally:
+        offsets.close()
+
+
+def last_line(log_path: Path) -> str:
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def terminate(process: subprocess.Popen, timeout_s: float = 30) -> tuple[int | None, float]:
+    """SIGTERM, wait up to `timeout_s`, then SIGKILL. Returns (exit code, or None if it had to be killed;
+    seconds from the signal to the exit)."""
+    started = time.monotonic()
+    if process.poll() is not None:
+        return process.returncode, 0.0
+    process.terminate()
+    try:
+        code: int | None = process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+        code = None
+    return code, time.monotonic() - started
+
+
+def seconds_to_exit(process: subprocess.Popen, timeout_s: float) -> float | None:
+    """Seconds until the process exits, or None if it is still running after `timeout_s`."""
+    started = time.monotonic()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    return time.monotonic() - started
+
+
+@dataclass
+class Exit:
+    code: int | None  # None: killed by the supervisor's stop after its deadline
+    seconds_alive: float
+    last_line: str
+    log: Path
+
+
+class Supervisor:
+    """Runs `worker run` the way an orchestrator would: restarts it whenever it exits non-zero, up to
+    `max_restarts` times (the contract's code for that is 4; `unexpected_exits` lists the others, so a
+    test can count losses and duplicates across a restart and still fail on a wrong exit code).
+    Each run logs to its own file."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str = "worker", max_restarts: int = 5) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.name = name
+        self.max_restarts = max_restarts
+        self.exits: list[Exit] = []
+        self.starts = 0
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._supervise, name=f"supervisor-{name}", daemon=True)
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self._process
+
+    def start(self) -> "Supervisor":
+        self._thread.start()
+        return self
+
+    def _supervise(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                log = self.log_dir / f"{self.name}-{self.starts}.log"
+                process = start_worker_process(self.env, log)
+                self._process = process
+                self.starts += 1
+            started = time.monotonic()
+            code = process.wait()
+            self.exits.append(Exit(code, time.monotonic() - started, last_line(log), log))
+            if code == 0 or self.restarts >= self.max_restarts:
+                return
+
+    def gone(self) -> str | None:
+        """Why the supervised worker is gone for good, or None while it runs (or is being restarted)."""
+        if self._thread.is_alive() or self._stopping:
+            return None
+        last = self.exits[-1] if self.exits else None
+        if last is None:
+            return f"{self.name} never started"
+        return f"{self.name} exited {last.code} after {self.restarts} restarts: {last.last_line[-300:]}"
+
+    def stop(self, timeout_s: float = 60) -> tuple[int | None, float]:
+        """Stop supervising and SIGTERM the running worker (SIGKILL after `timeout_s`).
+        Returns its (exit code, seconds to exit); (last code, 0) if none was running."""
+        with self._lock:
+            self._stopping = True
+            process = self._process
+        result: tuple[int | None, float] = (self.exits[-1].code if self.exits else None, 0.0)
+        if process is not None and process.poll() is None:
+            result = terminate(process, timeout_s)
+        self._thread.join(timeout_s + 30)
+        return result
+
+    def unexpected_exits(self) -> list[str]:
+        """Restarted exits that broke the contract: a code other than 4, or 4 without the fatal last line.
+        (The last exit is the caller's to judge: it may be the test's own stop.)"""
+        problems = []
+        for e in self.exits[:-1]:
+            if e.code != FATAL_EXIT:
+                problems.append(f"{e.log.name}: exited {e.code}, not {FATAL_EXIT} (restarted): {e.last_line!r}")
+            elif not e.last_line.startswith(FATAL_LINE_PREFIX):
+                problems.append(f"{e.log.name}: exit 4 without a '{FATAL_LINE_PREFIX}' last line: {e.last_line!r}")
+        return problems
+
+    def logs(self, tail_chars: int = 4000) -> str:
+        return "\n".join(
+            f"--- {p.name} ---\n{p.read_text(errors='replace')[-tail_chars:]}"
+            for p in sorted(self.log_dir.glob(f"{self.name}-*.log"))
+        )
 
 
 def free_port() -> int:
@@ -367,3 +617,36 @@ def produce_with_offsets(
     assert producer.flush(120) == 0, "input records not delivered"
     assert not failures, failures[:5]
     return [offset for offset in offsets if offset is not None]
+def get_endpoint(port: int, path: str, timeout_s: float = 3) -> tuple[int, bytes] | None:
+    """(status, body) of a GET on the worker's metrics server; None if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+    """/metrics parsed: sample name → [(labels, value)]; None if the worker does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = get_endpoint(port, "/metrics")
+    if answer is None or answer[0] != 200:
+        return None
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(answer[1].decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return samples
+
+
+def group_assignments(bootstrap: str, group: str) -> list[list[tuple[str, int]]]:
+    """The partitions assigned to each member of a consumer group (empty list while it has no members)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    description = admin.describe_consumer_groups([group], request_timeout=10)[group].result(15)
+    return [
+        [(tp.topic, tp.partition) for tp in (member.assignment.topic_partitions if member.assignment else [])]
+        for member in description.members
+    ]

@@ -6,19 +6,20 @@ from __future__ import annotations
 import json
 import signal
 import time
-import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from tests.conftest import LocalBroker
 from tests.kafka_helpers import (
     consume_all,
-    create_topics,
+    count_results,
+    feed,
+    fresh_topics,
+    output_count,
     produce,
     start_worker_process,
+    summarize,
     wait_for,
     worker_env,
 )
@@ -27,37 +28,6 @@ pytestmark = pytest.mark.integration
 
 TOTAL = 3000
 SLOW = {"WORKER_BATCH_MAX_MESSAGES": "16", "WORKER_BATCH_MAX_WAIT_MS": "5"}  # many small batches: a long stream
-
-
-def output_count(bootstrap: str, topic: str) -> int:
-    """High watermarks summed: cheap progress, counts every record written (control records too)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
-    finally:
-        consumer.close()
-
-
-def feed(bootstrap: str, topic: str, rows, count: int = TOTAL) -> list[str]:
-    rows = (rows * (count // len(rows) + 1))[:count]
-    keys = [f"{i}-{doc_id}" for i, (doc_id, _, _) in enumerate(rows)]
-    produce(bootstrap, topic, [(k.encode(), doc.encode()) for k, (_, doc, _) in zip(keys, rows)])
-    return keys
-
-
-def count_results(bootstrap: str, topic: str, keys: list[str]) -> Counter:
-    results = consume_all(bootstrap, topic, expected=len(keys), timeout_s=240, idle_s=4)
-    counts = Counter(r.key.decode() for r in results)
-    assert set(counts) <= set(keys), "results for keys never sent"
-    return counts
-
-
-def summarize(name: str, keys: list[str], counts: Counter, report) -> tuple[int, int]:
-    missing = sum(1 for k in keys if counts[k] == 0)
-    duplicates = sum(n - 1 for n in counts.values() if n > 1)
-    report(name, inputs=len(keys), results=sum(counts.values()), missing=missing, duplicates=duplicates)
-    return missing, duplicates
 
 
 def wait_progress(bootstrap: str, topic: str, at_least: int, process=None, log: Path | None = None) -> int:
@@ -75,7 +45,7 @@ def stop(process, sig=signal.SIGTERM, timeout: float = 60) -> int:
     return process.wait(timeout)
 
 
-def interrupt_then_restart(bootstrap: str, topics: dict, keys: list[str], env: dict, log: Path, interrupt) -> Counter:
+def interrupt_then_restart(bootstrap: str, topics: dict, keys: list[str], env: dict, log: Path, interrupt):
     """Start a worker, `interrupt` it once a quarter of the results are out, start another, count the results."""
     first = start_worker_process(env, log)
     at_interrupt = wait_progress(bootstrap, topics["output"], TOTAL // 4, first, log)
@@ -95,7 +65,7 @@ def sigkill(process) -> None:
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path,
                                                        fault_report):
-    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows, TOTAL)
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
     counts = interrupt_then_restart(kafka_bootstrap, topics, keys, env, tmp_path / "worker.log", sigkill)
     missing, _ = summarize("sigkill+restart", keys, counts, fault_report)
@@ -104,7 +74,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(kafka_bootstrap, topics, 
 
 def test_sigterm_mid_stream_then_restart_is_exactly_once(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path,
                                                          fault_report):
-    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows, TOTAL)
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
     log = tmp_path / "worker.log"
     drain: dict[str, float] = {}
@@ -124,10 +94,8 @@ def test_broker_restart_mid_stream_worker_recovers(tiny_model_dir, nsmc_rows, tm
     broker = LocalBroker(39192, tmp_path / "kafka")
     broker.start()
     try:
-        suffix = uuid.uuid4().hex[:8]
-        topics = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dlq": f"dlq-{suffix}"}
-        create_topics(broker.bootstrap, {topics["input"]: 3, topics["output"]: 3, topics["dlq"]: 1})
-        keys = feed(broker.bootstrap, topics["input"], nsmc_rows)
+        topics = fresh_topics(broker.bootstrap)
+        keys = feed(broker.bootstrap, topics["input"], nsmc_rows, TOTAL)
         env = worker_env(broker.bootstrap, topics, tiny_model_dir, **SLOW)
         log = tmp_path / "worker.log"
         process = start_worker_process(env, log)
@@ -148,7 +116,7 @@ def test_broker_restart_mid_stream_worker_recovers(tiny_model_dir, nsmc_rows, tm
 
 
 def test_worker_joins_then_one_leaves(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
-    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows, TOTAL)
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, **SLOW)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     a = start_worker_process(env, log_a)
@@ -167,7 +135,7 @@ def test_worker_joins_then_one_leaves(kafka_bootstrap, topics, tiny_model_dir, n
 
 
 def test_exactly_once_survives_sigkill(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
-    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows)
+    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows, TOTAL)
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, WORKER_DELIVERY="exactly_once",
                      WORKER_TRANSACTIONAL_ID=f"tx-{topics['input']}", **SLOW)
     counts = interrupt_then_restart(kafka_bootstrap, topics, keys, env, tmp_path / "worker.log", sigkill)  # read_committed
