@@ -45,6 +45,8 @@ METRICS = {
     "worker_errors_total": "counter",
     "worker_ready": "gauge",
     "worker_blocked": "gauge",
+    "worker_routed_total": "counter",
+    "worker_stage_seconds": "histogram",
 }
 
 
