@@ -65,6 +65,15 @@ def nsmc_rows() -> list[tuple[str, str, int]]:
     return read_nsmc_rows(NSMC_SAMPLE)
 
 
+def broker_port(offset: int) -> int:
+    """Ports of the test brokers: $TEST_KAFKA_PORT (default 19092) plus an offset per broker.
+
+    Below Linux's ephemeral range (32768-60999): a port in it may be taken by one of the many client
+    connections the tests open, and the broker then cannot bind it.
+    """
+    return int(os.environ.get("TEST_KAFKA_PORT", "19092")) + offset
+
+
 class LocalBroker:
     """A single-node Apache Kafka (KRaft) run by deploy/kafka/kafka.sh; `variant` sets its optional
     KAFKA_* variables (auto-create, SASL listener, ACLs: see deploy/kafka/README.md)."""
@@ -120,7 +129,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
     if external:
         yield external
         return
-    broker = LocalBroker(int(os.environ.get("TEST_KAFKA_PORT", "39092")), tmp_path_factory.mktemp("kafka-data"))
+    broker = LocalBroker(broker_port(0), tmp_path_factory.mktemp("kafka-data"))
     broker.start()
     try:
         yield broker.bootstrap
@@ -149,7 +158,7 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory):
 
     Ports: $TEST_SECURE_KAFKA_PORT (default $TEST_KAFKA_PORT + 10) for PLAINTEXT, +1 for the
     controller, +2 for SASL_PLAINTEXT."""
-    port = int(os.environ.get("TEST_SECURE_KAFKA_PORT") or int(os.environ.get("TEST_KAFKA_PORT", "39092")) + 10)
+    port = int(os.environ.get("TEST_SECURE_KAFKA_PORT") or broker_port(10))
     variant = {
         "KAFKA_AUTO_CREATE_TOPICS": "false",
         "KAFKA_SASL_PORT": str(port + 2),

@@ -403,7 +403,7 @@ class Worker:
     def _abandon(self, deadline: float) -> None:
         try:
             self.publisher.abandon(deadline)
-        except FatalError as exc:
+        except (FatalError, KafkaCallError) as exc:
             log.warning("could not abort the open transaction: %s", exc)
 
     def _shutdown(self) -> bool:
@@ -444,7 +444,8 @@ class Worker:
                 self.publisher.release(self.epochs.owned())
             except KafkaCallError as exc:
                 log.warning("could not store the delivered offsets: %s", exc)
-            self._abandon(self._deadline - 1)
+            if fatal.reason not in ("fenced", "kafka_fatal"):  # a dead producer cannot abort anything
+                self._abandon(self._deadline - 1)
             self._close(EXIT_FATAL)
         self.exit_code = EXIT_FATAL
         return False

@@ -3,7 +3,7 @@
 Each test runs real `worker run` processes, feeds keyed NSMC reviews, injects one failure and then counts
 the output with a separate consumer (read_committed for exactly-once). Counts are printed at the end of the
 run (`fault_report`). Tests that stop, freeze or kill a broker start their own on a fixed port of this file
-(39610, 39620, ...; each uses port+1 too); the others use the session broker ($TEST_KAFKA_PORT).
+($TEST_KAFKA_PORT + 510, + 520, ...; each uses port+1 too); the others use the session broker ($TEST_KAFKA_PORT).
 
 What the tests rely on (the contract in the worker's README and the lead's brief):
 - exit codes of `worker run`: 0 clean stop, 3 stopped at the shutdown deadline with records unfinished,
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from tests.conftest import LocalBroker
+from tests.conftest import LocalBroker, broker_port
 from tests.kafka_helpers import (
     CommittedOffsets,
     Supervisor,
@@ -122,7 +122,7 @@ def test_exactly_once_transaction_aborted_on_a_fresh_group(tiny_model_dir, nsmc_
     `transaction.timeout.ms` = 5 s: the open transaction's records time out and it must be aborted while
     the other partitions have records consumed but no committed offset (issue 10, defects 1 and 2)."""
     name = "eos abort on fresh group (broker frozen 10 s)"
-    with dedicated_broker(39610, tmp_path) as broker:
+    with dedicated_broker(broker_port(510), tmp_path) as broker:
         topics = fresh_topics(broker.bootstrap)
         keys = feed(broker.bootstrap, topics["input"], nsmc_rows, TOTAL)
         end = end_offsets(broker.bootstrap, topics["input"])
@@ -192,8 +192,8 @@ def test_exactly_once_fenced_worker_exits_and_a_restarted_one_completes(
         fencer.init_transactions(60)
         offsets = CommittedOffsets(kafka_bootstrap, group, topics["input"], list(end))
         committed_at_fence = offsets.read()
-        seconds_to_exit = seconds_to_exit(first, 120)
-        if seconds_to_exit is None:
+        exit_s = seconds_to_exit(first, 120)
+        if exit_s is None:
             problems.append("fenced worker still running 120 s after the fence")
             terminate(first, 30)
         code, fatal_line = first.returncode, last_line(first_log)
@@ -205,10 +205,10 @@ def test_exactly_once_fenced_worker_exits_and_a_restarted_one_completes(
         if uncovered:
             problems.append(f"{uncovered} input offsets committed without a committed result")
         fault_report(name, committed_at_fence=sum((committed_at_fence or {}).values()), exit_code=code,
-                     seconds_to_exit=None if seconds_to_exit is None else round(seconds_to_exit, 1))
-        if seconds_to_exit is not None and code != 4:
+                     seconds_to_exit=None if exit_s is None else round(exit_s, 1))
+        if exit_s is not None and code != 4:
             problems.append(f"fenced worker exited {code}, expected 4; last line: {fatal_line!r}")
-        if seconds_to_exit is not None and not fatal_line.startswith("worker: fatal: "):
+        if exit_s is not None and not fatal_line.startswith("worker: fatal: "):
             problems.append(f"last line is not 'worker: fatal: ...': {fatal_line!r}")
 
         second = start_worker_process(env, second_log)
@@ -349,7 +349,7 @@ def test_at_least_once_outage_longer_than_message_timeout_loses_nothing_and_keep
     newer results while older ones time out, as under steady traffic (issue 10, defect 5): nothing lost,
     per-key order kept."""
     name = "alo outage > message.timeout.ms"
-    with dedicated_broker(39620, tmp_path) as broker:
+    with dedicated_broker(broker_port(520), tmp_path) as broker:
         topics = fresh_topics(broker.bootstrap)
         records = keyed_sequence(nsmc_rows)
         produce(broker.bootstrap, topics["input"], records)
@@ -433,7 +433,7 @@ class HealthProbe:
         self._thread.join(10)
 
 
-@pytest.mark.parametrize("how, port", [("stop", 39630), ("kill", 39670)], ids=["sigterm-broker", "sigkill-broker"])
+@pytest.mark.parametrize("how, port", [("stop", broker_port(530)), ("kill", broker_port(570))], ids=["sigterm-broker", "sigkill-broker"])
 def test_exactly_once_broker_restart_mid_stream_completes_exactly_once(
     how, port, tiny_model_dir, nsmc_rows, tmp_path, fault_report
 ):
@@ -496,7 +496,7 @@ SECOND_SIGNAL_LIMIT_S = 2.0  # the contract says 1 s; 1 s more for scheduling on
 
 @pytest.mark.parametrize(
     "second_signal_after_s, port",
-    [(None, 39640), (1.0, 39650), (SHUTDOWN_TIMEOUT_S + 2.0, 39660)],
+    [(None, broker_port(540)), (1.0, broker_port(550)), (SHUTDOWN_TIMEOUT_S + 2.0, broker_port(560))],
     ids=["sigterm", "second-sigterm-after-1s", "second-sigterm-after-the-deadline"],
 )
 def test_shutdown_with_the_broker_killed_first(second_signal_after_s, port, tiny_model_dir, nsmc_rows, tmp_path,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LocalBroker
+from tests.conftest import LocalBroker, broker_port
 from tests.kafka_helpers import (
     consume_all,
     count_results,
@@ -91,7 +91,7 @@ def test_sigterm_mid_stream_then_restart_is_exactly_once(kafka_bootstrap, topics
 
 
 def test_broker_restart_mid_stream_worker_recovers(tiny_model_dir, nsmc_rows, tmp_path, fault_report):
-    broker = LocalBroker(39192, tmp_path / "kafka")
+    broker = LocalBroker(broker_port(100), tmp_path / "kafka")
     broker.start()
     try:
         topics = fresh_topics(broker.bootstrap)

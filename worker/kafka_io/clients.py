@@ -334,8 +334,11 @@ class KafkaClients:
             raise KafkaCallError("produce", ClientError(type(exc).__name__, str(exc), ErrorKind.RECORD)) from None
 
     def serve(self, timeout_s: float) -> None:
-        with self._watchdog.call("producer.poll", timeout_s + POLL_SLACK_S):
-            self._producer.poll(timeout_s)
+        try:
+            with self._watchdog.call("producer.poll", timeout_s + POLL_SLACK_S):
+                self._producer.poll(timeout_s)
+        except KafkaException as exc:  # a fatal error (e.g. fenced) surfaces here too
+            raise KafkaCallError("producer.poll", from_exception(exc)) from None
 
     def take_reports(self) -> list[DeliveryReport]:
         reports = []
@@ -345,12 +348,18 @@ class KafkaClients:
 
     def purge_queued(self) -> None:
         """Drop everything not yet sent; their reports come back as PURGED."""
-        self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+        try:
+            self._producer.purge(in_queue=True, in_flight=False, blocking=False)
+        except KafkaException as exc:
+            raise KafkaCallError("producer.purge", from_exception(exc)) from None
 
     def flush(self, timeout_s: float) -> int:
         """Wait for outstanding deliveries; returns how many are still undelivered."""
-        with self._watchdog.call("producer.flush", timeout_s, exit_code=3):
-            return self._producer.flush(max(0.0, timeout_s))
+        try:
+            with self._watchdog.call("producer.flush", timeout_s, exit_code=3):
+                return self._producer.flush(max(0.0, timeout_s))
+        except KafkaException as exc:
+            raise KafkaCallError("producer.flush", from_exception(exc)) from None
 
     # --- transactions (exactly_once) ---
     def _transactional_call(self, name: str, timeout_s: float, call: Any, *args: Any) -> None:
