@@ -43,6 +43,14 @@ def build_tiny_model(target: Path, id2label: dict[int, str] | None = None, seed:
     return target
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exports and engine measurements of the whole session go to one temporary directory, never ~/.cache."""
+    directory = tmp_path_factory.mktemp("engine-cache")
+    os.environ["WORKER_ENGINE_CACHE_DIR"] = str(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-koelectra"))

@@ -58,19 +58,10 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
 
 
 def load_classifier(settings: Settings) -> Any:
-    from worker.model import HFClassifier
+    """The one place the worker builds its classifier: engine, precision and device from the settings (worker.engines)."""
+    from worker.engines import load_classifier as build
 
-    return HFClassifier.load(
-        settings.model,
-        revision=settings.model_revision,
-        device=settings.device,
-        dtype=settings.dtype,
-        threads=settings.torch_threads,
-        max_length=settings.max_length,
-        positive_index=settings.positive_index,
-        labels=settings.labels,
-        compile=settings.compile,
-    )
+    return build(settings)
 
 
 def cmd_run(settings: Settings) -> int:

@@ -44,6 +44,10 @@ class Classifier(Protocol):
         """Class probabilities for each id sequence; the caller keeps batches length-homogeneous."""
         ...
 
+    def warm_up(self) -> None:
+        """Make the first real batch as fast as the rest (run once before serving)."""
+        ...
+
 
 def _meaning(name: str) -> str | None:
     lowered = name.strip().lower()
@@ -115,7 +119,7 @@ def classify_encoded(classifier: Classifier, encodings: Sequence[Encoding], sub_
 
 
 def cpu_supports_bf16() -> bool:
-    """AVX-512 BF16 or AMX: where bfloat16 matmuls beat float32 on the CPU."""
+    """AVX-512 BF16 or AMX in the CPU flags (reported by the benchmark; engine choice is measured, not read from flags)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -134,6 +138,11 @@ def resolve_device(requested: str) -> str:
 
 
 def resolve_dtype(requested: str, device: str) -> str:
+    """The torch dtype when nothing was measured: CUDA's half type, else what the CPU flags suggest.
+
+    ``worker.engines`` measures instead where it has a choice; this is the fallback for a
+    direct :meth:`HFClassifier.load` and for CUDA.
+    """
     if requested != "auto":
         return requested
     if device.startswith("cuda"):
@@ -150,80 +159,22 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class HFClassifier:
-    """A transformers sequence-classification model and its tokenizer. Build it with :meth:`load`."""
+def softmax(logits: Any) -> list[list[float]]:
+    """Row-wise softmax of a numpy array of logits, in float32 whatever the engine computed in."""
+    import numpy as np
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        model: Any,
-        labels: list[str],
-        max_length: int,
-        info: dict[str, str],
-        compile_mode: str = "auto",
-    ) -> None:
+    values = np.asarray(logits, dtype=np.float32)
+    values = np.exp(values - values.max(axis=-1, keepdims=True))
+    return (values / values.sum(axis=-1, keepdims=True)).tolist()
+
+
+class TextEncoder:
+    """The tokenizer side every engine shares: ids cut to the model's limit, and padded numpy batches."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer = tokenizer
-        self.model = model
-        self.labels = labels
         self.max_length = max_length
-        self.info = info
-        self._device = next(model.parameters()).device
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._forward = model  # replaced by a torch.compile'd module in warm_up() where that pays off
-        self.compile_mode = compile_mode  # auto: where should_compile() says it pays; on; off
-
-    @classmethod
-    def load(
-        cls,
-        model: str,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        threads: int | None = None,
-        max_length: int | None = None,
-        positive_index: int | None = None,
-        labels: Sequence[str] | None = None,
-        compile: str = "auto",
-    ) -> HFClassifier:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        resolved_device = resolve_device(device)
-        resolved_dtype = resolve_dtype(dtype, resolved_device)
-        if resolved_device == "cpu":
-            torch.set_num_threads(threads or usable_cpus())
-        started = time.perf_counter()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
-            network = AutoModelForSequenceClassification.from_pretrained(model, revision=revision)
-        except (OSError, ValueError) as exc:
-            hint = "" if Path(model).is_dir() else " (a hub id needs network access to the Hugging Face Hub, or a local directory)"
-            raise ModelLoadError(model, f"{exc}{hint}") from exc
-        network = network.to(device=resolved_device, dtype=getattr(torch, resolved_dtype)).eval()
-        config = network.config
-        limits = [n for n in (config.max_position_embeddings, tokenizer.model_max_length) if n and n < 1_000_000]
-        model_limit = min(limits) if limits else 512
-        id2label = {int(k): v for k, v in config.id2label.items()}
-        info = {
-            "model": model,
-            "revision": revision or getattr(config, "_commit_hash", None) or "local",
-            "device": resolved_device,
-            "dtype": resolved_dtype,
-        }
-        classifier = cls(
-            tokenizer,
-            network,
-            resolve_labels(id2label, positive_index, labels),
-            min(max_length or model_limit, model_limit),
-            info,
-            compile,
-        )
-        log.info(
-            "model loaded",
-            extra={"fields": {**info, "labels": classifier.labels, "max_length": classifier.max_length,
-                              "load_s": round(time.perf_counter() - started, 2)}},
-        )
-        return classifier
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         # Tokenize untruncated once, then cut by hand: one pass tells both the ids and
@@ -242,18 +193,153 @@ class HFClassifier:
             for ids in encoded
         ]
 
-    def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
+    def pad(self, batch: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+        """(input_ids, attention_mask) as int64 arrays padded to the longest row: one buffer, filled row by row."""
         import numpy as np
-        import torch
 
-        # One numpy buffer filled row by row, then shared with torch: no per-row tensors.
         lengths = [len(ids) for ids in batch]
         width = max(lengths)
-        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
         attention = np.zeros((len(batch), width), dtype=np.int64)
         for row, (ids, length) in enumerate(zip(batch, lengths)):
             input_ids[row, :length] = ids
             attention[row, :length] = 1
+        return input_ids, attention
+
+
+@dataclass
+class ModelSource:
+    """A checkpoint's tokenizer, configuration and labels: what every engine needs before it runs anything.
+
+    Loading it reads no weights; :meth:`load_torch` does, for the torch engine and for exports.
+    """
+
+    model: str
+    requested_revision: str | None
+    revision: str  # what results report: the hub commit, the requested revision, or "local"
+    encoder: TextEncoder
+    labels: list[str]
+    config: Any
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        revision: str | None = None,
+        max_length: int | None = None,
+        positive_index: int | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> ModelSource:
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:
+            config = AutoConfig.from_pretrained(model, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(model, f"{exc}{_hub_hint(model)}") from exc
+        limits = [n for n in (config.max_position_embeddings, tokenizer.model_max_length) if n and n < 1_000_000]
+        model_limit = min(limits) if limits else 512
+        id2label = {int(k): v for k, v in config.id2label.items()}
+        return cls(
+            model=model,
+            requested_revision=revision,
+            revision=revision or getattr(config, "_commit_hash", None) or "local",
+            encoder=TextEncoder(tokenizer, min(max_length or model_limit, model_limit)),
+            labels=resolve_labels(id2label, positive_index, labels),
+            config=config,
+        )
+
+    def load_torch(self, device: str = "cpu", dtype: str = "float32") -> Any:
+        """The transformers model on ``device`` in ``dtype``, in eval mode."""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        try:
+            network = AutoModelForSequenceClassification.from_pretrained(
+                self.model, revision=self.requested_revision, config=self.config
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(self.model, f"{exc}{_hub_hint(self.model)}") from exc
+        return network.to(device=device, dtype=getattr(torch, dtype)).eval()
+
+
+def _hub_hint(model: str) -> str:
+    return "" if Path(model).is_dir() else " (a hub id needs network access to the Hugging Face Hub, or a local directory)"
+
+
+class HFClassifier:
+    """The torch engine (the reference): a transformers model and the shared tokenizer side. Build it with :meth:`load`."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        model: Any,
+        labels: list[str],
+        info: dict[str, str],
+        compile_mode: str = "auto",
+    ) -> None:
+        self.encoder = encoder
+        self.model = model
+        self.labels = labels
+        self.info = info
+        self._device = next(model.parameters()).device
+        self._forward = model  # replaced by a torch.compile'd module in warm_up() where that pays off
+        self.compile_mode = compile_mode  # auto: where should_compile() says it pays; on; off
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+        max_length: int | None = None,
+        positive_index: int | None = None,
+        labels: Sequence[str] | None = None,
+        compile: str = "auto",
+        source: ModelSource | None = None,
+    ) -> HFClassifier:
+        import torch
+
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        if resolved_device == "cpu":
+            torch.set_num_threads(threads or usable_cpus())
+        started = time.perf_counter()
+        source = source or ModelSource.load(model, revision, max_length, positive_index, labels)
+        network = source.load_torch(resolved_device, resolved_dtype)
+        info = {
+            "model": source.model,
+            "revision": source.revision,
+            "device": resolved_device,
+            "dtype": resolved_dtype,
+            "engine": "torch",
+            "precision": resolved_dtype,
+        }
+        classifier = cls(source.encoder, network, source.labels, info, compile)
+        log.info(
+            "model loaded",
+            extra={"fields": {**info, "labels": classifier.labels, "max_length": classifier.max_length,
+                              "load_s": round(time.perf_counter() - started, 2)}},
+        )
+        return classifier
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return self.encoder.encode(texts)
+
+    def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
+        import torch
+
+        input_ids, attention = self.encoder.pad(batch)  # numpy, shared with torch without a copy
         with torch.inference_mode():
             logits = self._forward(
                 input_ids=torch.from_numpy(input_ids).to(self._device),
@@ -269,14 +355,19 @@ class HFClassifier:
         if wanted:
             self._forward = compile_for_cpu(self.model)
         started = time.perf_counter()
-        # One row and several rows, short and long: with dynamic shapes these are the
-        # specialisations torch.compile makes (a size of 1 is its own case).
-        for text, rows in (("워밍업", 1), ("워밍업", 8), ("워밍업 " * 40, 1), ("워밍업 " * 40, 8)):
-            encodings = self.encode([text] * rows)
-            classify_encoded(self, encodings, 4096)
+        warm_up_shapes(self)
         if self._forward is not self.model:
             self.info["compiled"] = "inductor"
             log.info("model compiled", extra={"fields": {"compile_s": round(time.perf_counter() - started, 1)}})
+
+
+def warm_up_shapes(classifier: Classifier) -> None:
+    """One row and several rows, short and long, once each: lazy initialisation happens here, not in the first batch.
+
+    With torch.compile's dynamic shapes these are also the specialisations it makes (a size of 1 is its own case).
+    """
+    for text, rows in (("워밍업", 1), ("워밍업", 8), ("워밍업 " * 40, 1), ("워밍업 " * 40, 8)):
+        classify_encoded(classifier, classifier.encode([text] * rows), 4096)
 
 
 # torch.compile (inductor, weights frozen into the graph, dynamic shapes) fuses GELU,
