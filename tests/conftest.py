@@ -17,8 +17,15 @@ NSMC_SAMPLE = DATA / "nsmc_sample.tsv"
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 
 
-def build_tiny_model(target: Path, id2label: dict[int, str] | None = None, seed: int = 0) -> Path:
-    """An ElectraForSequenceClassification of KoELECTRA-Small-v3's shape, scaled down, random weights."""
+def build_tiny_model(
+    target: Path, id2label: dict[int, str] | None = None, seed: int = 0, initializer_range: float = 0.02
+) -> Path:
+    """An ElectraForSequenceClassification of KoELECTRA-Small-v3's shape, scaled down, random weights.
+
+    With the default initialisation every text scores about 0.5; a larger ``initializer_range``
+    makes the scores spread over (0, 1) and depend on the words, attention and padding, which is
+    what comparing two engines' outputs needs.
+    """
     import torch
     from transformers import ElectraConfig, ElectraForSequenceClassification
 
@@ -31,6 +38,7 @@ def build_tiny_model(target: Path, id2label: dict[int, str] | None = None, seed:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
+        initializer_range=initializer_range,
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )

@@ -96,7 +96,7 @@ def cmd_run(settings: Settings) -> int:
         log.info("starting", extra={"fields": {"settings": settings.masked_dump()}})
         classifier = load_classifier(settings)
         classifier.warm_up()
-        metrics.model_info.info(classifier.info)
+        metrics.describe_model(classifier)
         health.model_ready = True
         log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
         worker = Worker(settings, classifier, metrics, health)
@@ -135,6 +135,9 @@ def cmd_eval(settings: Settings, path: Path, limit: int | None, batch_messages: 
     classifier.warm_up()
     report = evaluate(classifier, rows, batch_messages, settings.sub_batch_max_tokens)
     report["model"] = classifier.info
+    selection = getattr(classifier, "selection", None)
+    if selection is not None:
+        report["engine_selection"] = selection.to_json()
     print(json.dumps(report, ensure_ascii=False, indent=2))
     if output:
         output.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -11,6 +11,7 @@ they differ only in how the padded ids become probabilities. Exports are cached 
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import time
@@ -20,7 +21,7 @@ from typing import Any, Callable
 from worker.engines import onnxruntime_engine, openvino_engine
 from worker.engines.cache import FORMAT_VERSION, EngineCache, cache_key, library_versions, model_fingerprint
 from worker.engines.calibration import agreement_rows
-from worker.engines.selection import REFERENCE, Candidate, Measurement, SelectionReport, choose, machine, measure
+from worker.engines.selection import Candidate, SelectionReport, choose, machine, measure
 from worker.errors import ModelLoadError
 from worker.model import Classifier, HFClassifier, ModelSource, resolve_device, resolve_dtype, usable_cpus
 
@@ -140,42 +141,39 @@ def load_classifier(settings: Any) -> Classifier:
     return classifier
 
 
+def release_memory() -> None:
+    """Collect the last candidate's objects and hand freed heap pages back to the system (glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def measure_and_choose(
     wanted: list[Candidate], source: ModelSource, threads: int, cache: EngineCache, sub_batch_max_tokens: int,
     builder: Callable[[Candidate], Classifier] | None = None,
 ) -> tuple[SelectionReport, Classifier]:
-    """Build every candidate (and the reference), measure them together, keep the winner, release the rest."""
+    """Measure every candidate (and the reference) one at a time, then build the winner afresh."""
     started = time.perf_counter()
     make = builder or (lambda c: build(c, source, threads, cache))
-    to_build = ([REFERENCE] if REFERENCE not in wanted else []) + wanted
-    classifiers: dict[Candidate, Classifier] = {}
-    failed: list[Measurement] = []
-    for number, candidate in enumerate(to_build, 1):
-        log.info(f"engine selection: preparing {candidate} ({number}/{len(to_build)})")
-        try:
-            classifier = make(candidate)
-            if getattr(classifier, "runs_as_requested", lambda: True)():
-                classifier.warm_up()
-                classifiers[candidate] = classifier
-            else:
-                failed.append(Measurement(candidate, error="this CPU runs it in float32 (same as openvino/float32)"))
-        except Exception as exc:  # noqa: BLE001 - a candidate that cannot be built is just not a candidate
-            if candidate == REFERENCE:
-                raise
-            log.warning("engine candidate could not be prepared", extra={"fields": {"candidate": str(candidate), "error": str(exc)}})
-            failed.append(Measurement(candidate, error=f"{type(exc).__name__}: {exc}"))
+
+    def prepared(candidate: Candidate) -> Classifier:
+        classifier = make(candidate)
+        if not getattr(classifier, "runs_as_requested", lambda: True)():
+            raise RuntimeError("this CPU runs it in float32 (the same as openvino/float32)")
+        classifier.warm_up()
+        return classifier
+
     rows = agreement_rows()
     encodings = source.encoder.encode([text for text, _ in rows])
-    log.info(f"engine selection: timing {len(classifiers)} candidates on {len(rows)} calibration texts")
+    log.info(f"engine selection: measuring {len(wanted)} candidates on {len(rows)} calibration texts (cached afterwards)",
+             extra={"fields": {"candidates": [str(c) for c in wanted]}})
     measurements = measure(
-        classifiers, encodings, [label for _, label in rows], positive_index(source.labels), sub_batch_max_tokens,
-        eligible=lambda c: c in wanted,
-        progress=lambda step: log.info(f"engine selection: {step}"),
-    ) + failed
+        prepared, wanted, encodings, [label for _, label in rows], positive_index(source.labels), sub_batch_max_tokens,
+        eligible=lambda c: c in wanted, release=release_memory,
+    )
     chosen = choose(measurements)
-    winner = classifiers[chosen.candidate]
-    classifiers.clear()
-    gc.collect()  # the losers' models and sessions go now, before the loop starts
     report = SelectionReport(chosen.candidate, measurements, "measured", seconds=round(time.perf_counter() - started, 1),
                              texts=len(encodings))
-    return report, winner
+    return report, make(chosen.candidate)

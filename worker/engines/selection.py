@@ -1,8 +1,7 @@
 """``WORKER_ENGINE=auto``: time the candidate engines and precisions, keep the fastest that agrees with the reference.
 
 No CPU flag decides anything here. Every candidate classifies the same calibration texts (shipped
-with the package), interleaved round by round so that a burst of load on a shared machine hits them
-all alike; round 0 only warms up, and each candidate's speed is its best later round. A candidate
+with the package), one candidate at a time after its warm-up. A candidate
 qualifies when its labels match the float32 torch reference on at least 99.5 % of the texts and,
 for positive/negative models, its accuracy on their NSMC labels is within 0.3 points of the
 reference's. Among those that qualify the one with the lowest cost wins, where cost is seconds per
@@ -27,9 +26,11 @@ log = logging.getLogger(__name__)
 
 MIN_SAME_LABEL = 0.995  # share of texts whose label equals the reference's
 MAX_ACCURACY_CHANGE = 0.003  # 0.3 points, either way
-SMALL_WINDOW = 8
-SMALL_WINDOWS_PER_ROUND = 8
-ROUNDS = 4
+SMALL_WINDOW = 8  # texts per window at everyday load
+SMALL_WINDOWS = 8  # windows timed per repeat
+SMALL_REPEATS = 3  # best of these
+LARGE_WINDOW = 250  # texts per full window
+GIVE_UP = 1.5  # stop a candidate whose cost is this many times the reference's
 
 
 @dataclass(frozen=True, order=True)
@@ -108,7 +109,7 @@ class Measurement:
     candidate: Candidate
     eligible: bool = True  # False: measured only as the reference, not a choice
     small_per_s: float | None = None  # texts/s in windows of SMALL_WINDOW texts
-    large_per_s: float | None = None  # texts/s in one full window per round
+    large_per_s: float | None = None  # texts/s in windows of LARGE_WINDOW texts
     agreement: Agreement | None = None
     error: str | None = None
     note: str = ""
@@ -129,6 +130,8 @@ class Measurement:
     def status(self) -> str:
         if self.error is not None:
             return f"failed: {self.error}"
+        if self.note:
+            return self.note
         if self.candidate == REFERENCE:
             return "reference" if self.eligible else "reference (not a candidate)"
         return self.agreement.reason() if self.agreement else "not checked"
@@ -153,68 +156,70 @@ def choose(measurements: Sequence[Measurement]) -> Measurement:
 
 
 def measure(
-    classifiers: Mapping[Candidate, Classifier],
+    build: Callable[[Candidate], Classifier],
+    candidates: Sequence[Candidate],
     encodings: Sequence[Encoding],
     truths: Sequence[int] | None,
     positive_index: int | None,
     sub_batch_max_tokens: int,
     eligible: Callable[[Candidate], bool] = lambda c: True,
-    rounds: int = ROUNDS,
     clock: Callable[[], float] = time.perf_counter,
-    progress: Callable[[str], None] = lambda message: None,
+    release: Callable[[], None] = lambda: None,
 ) -> list[Measurement]:
-    """Time every classifier on the same encoded texts, interleaved by round; check each against :data:`REFERENCE`.
+    """Build, time and check each candidate in turn, the reference first; only numbers are kept.
 
-    ``classifiers`` must include the reference. Each round's slice is classified as
-    ``SMALL_WINDOWS_PER_ROUND`` windows of ``SMALL_WINDOW`` texts, then the rest as one window.
+    One engine at a time: memory stays at one model (plus the reference's probabilities), and no
+    engine's idle threads compete with another's. Small windows: the first
+    ``SMALL_WINDOW * SMALL_WINDOWS`` texts in windows of ``SMALL_WINDOW``, best of ``SMALL_REPEATS``.
+    Full windows: every text in windows of ``LARGE_WINDOW`` (these probabilities are the agreement
+    check too), total texts over total time. A candidate whose cost so far is ``GIVE_UP`` times the
+    reference's is stopped: it cannot win while the reference is a choice.
     """
-    if REFERENCE not in classifiers:
-        raise ValueError("the float32 torch reference must be measured too")
-    if rounds < 2:
-        raise ValueError("at least two rounds: the first one only warms up")
-    order = sorted(classifiers)
-    per_round = len(encodings) // rounds
-    small = SMALL_WINDOW * SMALL_WINDOWS_PER_ROUND
-    if per_round <= small:
-        raise ValueError(f"need more than {small * rounds} calibration texts for {rounds} rounds")
-    probabilities: dict[Candidate, list[list[float]]] = {c: [] for c in order}
-    best: dict[Candidate, list[float]] = {c: [0.0, 0.0] for c in order}
-    errors: dict[Candidate, str] = {}
-    for round_no in range(rounds):
-        progress(f"round {round_no + 1}/{rounds}{' (warm-up)' if round_no == 0 else ''}")
-        chunk = encodings[round_no * per_round : (round_no + 1) * per_round]
-        windows = [chunk[i : i + SMALL_WINDOW] for i in range(0, small, SMALL_WINDOW)], [chunk[small:]]
-        rotated = order[round_no % len(order):] + order[: round_no % len(order)]
-        for candidate in rotated:
-            if candidate in errors:
-                continue
-            try:
-                for kind, group in enumerate(windows):
-                    started = clock()
-                    for window in group:
-                        probabilities[candidate].extend(
-                            classify_encoded(classifiers[candidate], window, sub_batch_max_tokens).probabilities
-                        )
-                    elapsed = clock() - started
-                    if round_no > 0 and elapsed > 0:
-                        texts = sum(len(w) for w in group)
-                        best[candidate][kind] = max(best[candidate][kind], texts / elapsed)
-            except Exception as exc:  # noqa: BLE001 - one broken candidate must not stop the others
-                errors[candidate] = f"{type(exc).__name__}: {exc}"
-                log.warning("engine candidate failed while measuring", extra={"fields": {"candidate": str(candidate), "error": errors[candidate]}})
-    measured_texts = per_round * rounds
-    reference = probabilities[REFERENCE]
-    truths = list(truths[:measured_texts]) if truths is not None else None
+    order = [REFERENCE] + [c for c in candidates if c != REFERENCE]
+    small = list(encodings[: SMALL_WINDOW * SMALL_WINDOWS])
+    small_windows = [small[i : i + SMALL_WINDOW] for i in range(0, len(small), SMALL_WINDOW)]
+    large_windows = [encodings[i : i + LARGE_WINDOW] for i in range(0, len(encodings), LARGE_WINDOW)]
+    reference: list[list[float]] | None = None
+    reference_cost = math.inf
     results = []
-    for candidate in order:
+    for number, candidate in enumerate(order, 1):
         m = Measurement(candidate, eligible(candidate))
-        if candidate in errors:
-            m.error = errors[candidate]
-        else:
-            m.small_per_s, m.large_per_s = (round(v, 1) for v in best[candidate])
-            if REFERENCE not in errors:
-                m.agreement = check_agreement(reference, probabilities[candidate], truths, positive_index)
         results.append(m)
+        classifier = None
+        try:
+            classifier = build(candidate)
+            best = 0.0
+            for _ in range(SMALL_REPEATS):
+                started = clock()
+                for window in small_windows:
+                    classify_encoded(classifier, window, sub_batch_max_tokens)
+                best = max(best, len(small) / max(clock() - started, 1e-9))
+            m.small_per_s = round(best, 1)
+            probabilities: list[list[float]] = []
+            elapsed = 0.0
+            for window in large_windows:
+                started = clock()
+                probabilities.extend(classify_encoded(classifier, window, sub_batch_max_tokens).probabilities)
+                elapsed += clock() - started
+                cost_so_far = 1 / best + elapsed / len(probabilities)
+                if candidate != REFERENCE and eligible(REFERENCE) and cost_so_far > GIVE_UP * reference_cost:
+                    m.note = f"stopped after {len(probabilities)} texts: over {GIVE_UP}x the reference's cost"
+                    break
+            m.large_per_s = round(len(probabilities) / max(elapsed, 1e-9), 1)
+            if candidate == REFERENCE:
+                reference, reference_cost = probabilities, m.cost
+            elif reference is not None and len(probabilities) == len(reference):
+                m.agreement = check_agreement(reference, probabilities, truths, positive_index)
+        except Exception as exc:  # noqa: BLE001 - one broken candidate must not stop the others
+            if candidate == REFERENCE:
+                raise
+            m.error = f"{type(exc).__name__}: {exc}"
+            log.warning("engine candidate failed", extra={"fields": {"candidate": str(candidate), "error": m.error}})
+        finally:
+            del classifier
+            release()
+        log.info(f"engine selection {number}/{len(order)}: {candidate}: {m.small_per_s} texts/s in windows of "
+                 f"{SMALL_WINDOW}, {m.large_per_s} in full windows; {m.status()}")
     return results
 
 
