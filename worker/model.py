@@ -6,6 +6,7 @@ can pass a fake and the loop never touches torch directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -169,24 +170,34 @@ def softmax(logits: Any) -> list[list[float]]:
 
 
 class TextEncoder:
-    """The tokenizer side every engine shares: ids cut to the model's limit, and padded numpy batches."""
+    """The tokenizer side every engine shares: ids cut to the model's limit, and padded numpy batches.
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    ``tokenizer`` is a transformers tokenizer, or the ``tokenizers.Tokenizer`` behind a fast one
+    (what an engine cache snapshot holds: the same ids without importing transformers or torch).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, pad_id: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._backend = not hasattr(tokenizer, "pad_token_id")  # a tokenizers.Tokenizer
+        if pad_id is None:
+            pad_id = None if self._backend else tokenizer.pad_token_id
+        self.pad_id = pad_id if pad_id is not None else 0
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         # Tokenize untruncated once, then cut by hand: one pass tells both the ids and
         # whether the text was too long.
-        encoded = self.tokenizer(
-            list(texts),
-            add_special_tokens=True,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )["input_ids"]
+        if self._backend:
+            encoded = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+        else:
+            encoded = self.tokenizer(
+                list(texts),
+                add_special_tokens=True,
+                truncation=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )["input_ids"]
         limit = self.max_length
         return [
             Encoding(ids, False) if len(ids) <= limit else Encoding(ids[: limit - 1] + ids[-1:], True)
@@ -207,11 +218,17 @@ class TextEncoder:
         return input_ids, attention
 
 
+SNAPSHOT_TOKENIZER = "tokenizer.json"
+SNAPSHOT_SOURCE = "source.json"
+
+
 @dataclass
 class ModelSource:
     """A checkpoint's tokenizer, configuration and labels: what every engine needs before it runs anything.
 
     Loading it reads no weights; :meth:`load_torch` does, for the torch engine and for exports.
+    :meth:`save_snapshot`/:meth:`from_snapshot` keep the tokenizer and labels in the engine cache,
+    so that ONNX Runtime and OpenVINO start without importing transformers or torch.
     """
 
     model: str
@@ -219,7 +236,10 @@ class ModelSource:
     revision: str  # what results report: the hub commit, the requested revision, or "local"
     encoder: TextEncoder
     labels: list[str]
-    config: Any
+    id2label: dict[int, str]
+    model_limit: int
+    commit: str | None = None  # the hub commit, when the model came from the hub
+    config: Any = None  # the transformers config, when transformers loaded it
 
     @classmethod
     def load(
@@ -240,13 +260,54 @@ class ModelSource:
         limits = [n for n in (config.max_position_embeddings, tokenizer.model_max_length) if n and n < 1_000_000]
         model_limit = min(limits) if limits else 512
         id2label = {int(k): v for k, v in config.id2label.items()}
+        commit = getattr(config, "_commit_hash", None)
         return cls(
             model=model,
             requested_revision=revision,
-            revision=revision or getattr(config, "_commit_hash", None) or "local",
+            revision=revision or commit or "local",
             encoder=TextEncoder(tokenizer, min(max_length or model_limit, model_limit)),
             labels=resolve_labels(id2label, positive_index, labels),
+            id2label=id2label,
+            model_limit=model_limit,
+            commit=commit,
             config=config,
+        )
+
+    def save_snapshot(self, directory: Path) -> None:
+        """The fast tokenizer's own JSON and what the labels and limits came from (needs a fast tokenizer)."""
+        self.encoder.tokenizer.backend_tokenizer.save(str(directory / SNAPSHOT_TOKENIZER))
+        (directory / SNAPSHOT_SOURCE).write_text(json.dumps({
+            "revision": self.revision, "commit": self.commit, "id2label": self.id2label,
+            "model_limit": self.model_limit, "pad_id": self.encoder.pad_id,
+        }, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        directory: Path,
+        model: str,
+        revision: str | None = None,
+        max_length: int | None = None,
+        positive_index: int | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> ModelSource:
+        from tokenizers import Tokenizer
+
+        saved = json.loads((directory / SNAPSHOT_SOURCE).read_text(encoding="utf-8"))
+        tokenizer = Tokenizer.from_file(str(directory / SNAPSHOT_TOKENIZER))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        id2label = {int(k): v for k, v in saved["id2label"].items()}
+        limit = saved["model_limit"]
+        return cls(
+            model=model,
+            requested_revision=revision,
+            revision=saved["revision"],
+            encoder=TextEncoder(tokenizer, min(max_length or limit, limit), saved["pad_id"]),
+            labels=resolve_labels(id2label, positive_index, labels),
+            id2label=id2label,
+            model_limit=limit,
+            commit=saved["commit"],
         )
 
     def load_torch(self, device: str = "cpu", dtype: str = "float32") -> Any:
@@ -255,8 +316,9 @@ class ModelSource:
         from transformers import AutoModelForSequenceClassification
 
         try:
+            extra = {"config": self.config} if self.config is not None else {}
             network = AutoModelForSequenceClassification.from_pretrained(
-                self.model, revision=self.requested_revision, config=self.config
+                self.model, revision=self.requested_revision, **extra
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(self.model, f"{exc}{_hub_hint(self.model)}") from exc

@@ -185,6 +185,7 @@ def test_an_engine_that_is_not_installed(monkeypatch):
 def test_cuda_is_torch_only(monkeypatch, spread_model_dir):
     import worker.engines as engines
 
+    monkeypatch.setattr(engines, "cuda_possible", lambda: True)
     monkeypatch.setattr(engines, "resolve_device", lambda requested: "cuda")
     with pytest.raises(ModelLoadError, match="runs on the CPU only"):
         load_classifier(load_settings(model=str(spread_model_dir), engine="onnxruntime"))
@@ -203,7 +204,7 @@ def test_auto_measures_once_then_reuses_the_measurement(spread_model_dir, tmp_pa
     import worker.engines as engines
 
     settings = load_settings(model=str(spread_model_dir), dtype="float32", engine_cache_dir=str(tmp_path))
-    first = load_classifier(settings)
+    first = load_classifier(settings, prepare_in_child=False)
     assert first.info["selection"] == "measured"
     report = first.selection
     assert {str(m.candidate) for m in report.measurements} == {"torch/float32", "onnxruntime/float32", "openvino/float32"}
@@ -213,13 +214,13 @@ def test_auto_measures_once_then_reuses_the_measurement(spread_model_dir, tmp_pa
 
     calls = []
     monkeypatch.setattr(engines, "measure", lambda *a, **k: calls.append(1) or [])
-    second = load_classifier(settings)
+    second = load_classifier(settings, prepare_in_child=False)
     assert not calls and second.info["selection"] == "cached"
     assert second.selection.chosen == report.chosen and second.info["engine"] == report.chosen.engine
 
     with pytest.raises(RuntimeError, match="no engine candidate"):  # remeasuring calls measure() again: the stub
         load_classifier(load_settings(model=str(spread_model_dir), dtype="float32", engine_cache_dir=str(tmp_path),
-                                      engine_remeasure=True))
+                                      engine_remeasure=True), prepare_in_child=False)
     assert calls == [1]
 
 
@@ -242,3 +243,46 @@ def test_metrics_describe_the_choice(spread_model_dir, tmp_path):
     ratio = registry.get_sample_value("worker_engine_candidate_same_label_ratio",
                                       {"engine": "onnxruntime", "precision": "float32"})
     assert ratio == 1.0
+
+
+PREPARED_START = """
+import json, sys
+from worker.engines import load_classifier
+from worker.settings import load_settings
+classifier = load_classifier(load_settings(model=sys.argv[1], engine=sys.argv[2], dtype=sys.argv[3], engine_cache_dir=sys.argv[4]))
+classifier.warm_up()
+print(json.dumps({"torch_imported": "torch" in sys.modules, "info": classifier.info}))
+"""
+
+
+@pytest.mark.parametrize("engine,dtype", [("onnxruntime", "int8"), ("auto", "float32")])
+def test_the_worker_process_never_imports_torch_for_an_exported_engine(engine, dtype, spread_model_dir, tmp_path):
+    """Exports, snapshot and measurement happen in a child process; the worker loads only what was chosen."""
+    import json
+    import subprocess
+    import sys
+
+    def start() -> dict:
+        done = subprocess.run([sys.executable, "-c", PREPARED_START, str(spread_model_dir), engine, dtype, str(tmp_path)],
+                              capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    cold, warm = start(), start()
+    chosen_torch = cold["info"]["engine"] == "torch"
+    assert cold["torch_imported"] == chosen_torch and warm["torch_imported"] == chosen_torch
+    assert cold["info"]["selection"] == ("fixed" if engine != "auto" else "measured")
+    assert warm["info"]["selection"] == ("fixed" if engine != "auto" else "cached")
+    assert warm["info"]["engine"] == cold["info"]["engine"]
+
+
+def test_the_tokenizer_snapshot_gives_the_same_ids_as_transformers(source, tmp_path, nsmc_rows):
+    source.save_snapshot(tmp_path)
+    restored = ModelSource.from_snapshot(tmp_path, source.model, max_length=64)
+    assert restored.labels == source.labels and restored.model_limit == source.model_limit == 512
+    assert restored.encoder.pad_id == source.encoder.pad_id
+    texts = [doc for _, doc, _ in nsmc_rows] + ["", " ", "😀👍 ㅋㅋㅋㅋ", "é\u200bx\u0000", "ＡＢＣ①", "긴 " * 600]
+    original = [e.ids for e in source.encoder.encode(texts)]
+    assert [e.ids for e in ModelSource.from_snapshot(tmp_path, source.model).encoder.encode(texts)] == original
+    cut = restored.encoder.encode(["긴 " * 600])[0]
+    assert cut.truncated and len(cut.ids) == 64 and cut.ids[-1] == original[-1][-1]

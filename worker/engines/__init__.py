@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from worker.engines import onnxruntime_engine, openvino_engine
-from worker.engines.cache import FORMAT_VERSION, EngineCache, cache_key, library_versions, model_fingerprint
+from worker.engines.cache import (
+    FORMAT_VERSION,
+    EngineCache,
+    cache_key,
+    directory_fingerprint,
+    library_versions,
+    model_fingerprint,
+)
 from worker.engines.calibration import agreement_rows
 from worker.engines.selection import Candidate, SelectionReport, choose, machine, measure
 from worker.errors import ModelLoadError
@@ -91,11 +98,56 @@ def positive_index(labels: list[str]) -> int | None:
     return labels.index("positive") if sorted(labels) == ["negative", "positive"] else None
 
 
-def load_classifier(settings: Any) -> Classifier:
-    """The one place a classifier is built from settings: device, engine and precision resolved (measured for ``auto``)."""
-    device = resolve_device(settings.device)
-    source = ModelSource.load(settings.model, settings.model_revision, settings.max_length,
-                              settings.positive_index, settings.labels)
+def cuda_possible() -> bool:
+    """False where no NVIDIA driver is loaded: then ``WORKER_DEVICE=auto`` is the CPU without importing torch."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
+def load_source(settings: Any, cache: EngineCache) -> ModelSource:
+    """The checkpoint's tokenizer and labels; for a local directory from the engine cache's snapshot once it has one.
+
+    The snapshot lets ONNX Runtime and OpenVINO start without importing transformers, and so
+    without torch (its import alone is ~0.3-0.7 GB of RSS): measured in benchmarks/README.md.
+    """
+    arguments = (settings.max_length, settings.positive_index, settings.labels)
+    directory = Path(settings.model)
+    if not directory.is_dir():
+        return ModelSource.load(settings.model, settings.model_revision, *arguments)
+    name = cache.name_for(settings.model, directory_fingerprint(directory), "source", library_versions("tokenizers"))
+    snapshot = cache.root / name
+    if (snapshot / "complete").is_file():
+        return ModelSource.from_snapshot(snapshot, settings.model, settings.model_revision, *arguments)
+    source = ModelSource.load(settings.model, settings.model_revision, *arguments)
+    if hasattr(source.encoder.tokenizer, "backend_tokenizer"):  # only fast tokenizers have the JSON form
+        try:
+            cache.get_or_build(name, source.save_snapshot, "tokenizer snapshot")
+        except OSError as exc:
+            log.warning("could not save the tokenizer snapshot", extra={"fields": {"error": str(exc)}})
+    return source
+
+
+# The settings a preparing child process needs (the model side only: no Kafka settings, no secrets).
+MODEL_SETTINGS = ("model", "model_revision", "device", "engine", "dtype", "compile", "torch_threads", "max_length",
+                  "positive_index", "labels", "engine_cache_dir", "engine_remeasure", "sub_batch_max_tokens",
+                  "log_format", "log_level")
+PREPARE_TIMEOUT_S = 900.0
+
+
+def load_classifier(settings: Any, prepare_in_child: bool = True) -> Classifier:
+    """The one place a classifier is built from settings: device, engine and precision resolved (measured for ``auto``).
+
+    For a local model directory on the CPU, whatever is not cached yet (tokenizer snapshot,
+    exports, ``auto``'s measurement) is prepared first in a child process: the worker itself then
+    loads only the chosen engine, and never carries torch, the losing candidates or their garbage
+    unless torch is the engine.
+    """
+    cpu_only = settings.device == "cpu" or (settings.device == "auto" and not cuda_possible())
+    device = "cpu" if cpu_only else resolve_device(settings.device)
+    cache = EngineCache(Path(settings.engine_cache_dir))
+    started = time.time()
+    if cpu_only and prepare_in_child and Path(settings.model).is_dir() and not is_prepared(settings, cache):
+        prepare_in_child_process(settings)
+    source = load_source(settings, cache)
     threads = settings.torch_threads or usable_cpus()
     if device != "cpu":
         if settings.engine not in ("auto", "torch"):
@@ -109,36 +161,100 @@ def load_classifier(settings: Any) -> Classifier:
     # ``auto`` rule), or when asked for outright; ``auto`` measures eager torch.
     compile_mode = settings.compile if settings.engine == "torch" else ("on" if settings.compile == "on" else "off")
     wanted = candidates(settings.engine, settings.dtype)
-    cache = EngineCache(Path(settings.engine_cache_dir))
     if len(wanted) == 1:
         classifier = build(wanted[0], source, threads, cache, compile_mode)
         classifier.info["selection"] = "fixed"
         return classifier
 
-    where = machine()
-    versions = library_versions(*LIBRARIES)
-    report_name = "selection-" + cache_key(
-        FORMAT_VERSION, model_fingerprint(source), {k: v for k, v in where.items() if k != "cpu_flags"}, threads,
-        versions, sorted(map(str, wanted)), settings.sub_batch_max_tokens, source.encoder.max_length,
-    ) + ".json"
-    cached = None if settings.engine_remeasure else cache.read_json(report_name)
-    report = SelectionReport.from_json(cached) if cached else None
-    if report is not None and report.chosen in wanted:
+    report_name = selection_report_name(settings, source, wanted, threads)
+    report = cached_report(settings, cache, report_name, wanted)
+    if report is not None:
+        if report.measured_unix >= started:
+            report.origin = "measured"  # by the preparing child process, for this start
         classifier = build(report.chosen, source, threads, cache, compile_mode if report.chosen.engine == "torch" else "off")
     else:
         report, classifier = measure_and_choose(wanted, source, threads, cache, settings.sub_batch_max_tokens)
-        cache.write_json(report_name, {**report.to_json(), "machine": where, "libraries": versions})
+        cache.write_json(report_name, {**report.to_json(), "machine": machine(), "libraries": library_versions(*LIBRARIES)})
         if report.chosen.engine == "torch":
             classifier.compile_mode = compile_mode  # type: ignore[attr-defined]  # applied by warm_up()
     log.info(
         f"engine chosen: {report.chosen} ({report.origin}{' ' + report.measured_at if report.origin == 'cached' else ''})\n"
         + report.table(),
         extra={"fields": {"engine": report.chosen.engine, "precision": report.chosen.precision, "origin": report.origin,
-                          "measure_s": report.seconds, "cpu": where["cpu"], "threads": threads}},
+                          "measure_s": report.seconds, "cpu": machine()["cpu"], "threads": threads}},
     )
     classifier.info["selection"] = report.origin
     classifier.selection = report  # type: ignore[attr-defined]  # read by WorkerMetrics.describe_model
     return classifier
+
+
+def selection_report_name(settings: Any, source: ModelSource, wanted: list[Candidate], threads: int) -> str:
+    """Everything that makes a measurement apply: checkpoint, CPU model and flags, cores, libraries, candidates, budgets."""
+    where = {k: v for k, v in machine().items() if k != "cpu_flags"}
+    return "selection-" + cache_key(
+        FORMAT_VERSION, model_fingerprint(source), where, threads, library_versions(*LIBRARIES),
+        sorted(map(str, wanted)), settings.sub_batch_max_tokens, source.encoder.max_length,
+    ) + ".json"
+
+
+def cached_report(settings: Any, cache: EngineCache, name: str, wanted: list[Candidate]) -> SelectionReport | None:
+    if settings.engine_remeasure:
+        return None
+    value = cache.read_json(name)
+    report = SelectionReport.from_json(value) if value else None
+    return report if report is not None and report.chosen in wanted else None
+
+
+def is_exported(candidate: Candidate, source: ModelSource, cache: EngineCache) -> bool:
+    if candidate.engine == "onnxruntime":
+        return onnxruntime_engine.is_exported(source, candidate.precision, cache)
+    if candidate.engine == "openvino":
+        return openvino_engine.is_exported(source, candidate.precision, cache)
+    return True  # torch reads the checkpoint itself
+
+
+def is_prepared(settings: Any, cache: EngineCache) -> bool:
+    """True when the tokenizer snapshot, the measurement (if any is needed) and the chosen export are all cached."""
+    directory = Path(settings.model)
+    snapshot = cache.name_for(settings.model, directory_fingerprint(directory), "source", library_versions("tokenizers"))
+    if not cache.has(snapshot):
+        return False
+    try:
+        wanted = candidates(settings.engine, settings.dtype)
+    except ModelLoadError:
+        return True  # nothing to prepare: loading reports the problem
+    source = ModelSource.from_snapshot(cache.root / snapshot, settings.model, settings.model_revision,
+                                       settings.max_length, settings.positive_index, settings.labels)
+    if len(wanted) == 1:
+        return is_exported(wanted[0], source, cache)
+    threads = settings.torch_threads or usable_cpus()
+    report = cached_report(settings, cache, selection_report_name(settings, source, wanted, threads), wanted)
+    return report is not None and is_exported(report.chosen, source, cache)
+
+
+def prepare_in_child_process(settings: Any) -> None:
+    """Run ``python -m worker.engines.prepare`` (exports, measurement, snapshot into the cache) and wait for it.
+
+    Its log goes to our stderr. If it fails, loading goes on in this process, which then reports
+    the real error (a model that cannot load) or does the work itself.
+    """
+    import json
+    import subprocess
+    import sys
+
+    fields = json.dumps(settings.model_dump(include=set(MODEL_SETTINGS), mode="json"))
+    log.info("preparing the engines in a child process (exports, measurement; cached afterwards)")
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "worker.engines.prepare"], input=fields, text=True,
+                              stdout=sys.stderr, timeout=PREPARE_TIMEOUT_S, check=False)
+        outcome = f"exit {done.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    if outcome != "exit 0":
+        log.warning("engine preparation in a child process failed; preparing here", extra={"fields": {"outcome": outcome}})
+    else:
+        log.info("engines prepared", extra={"fields": {"prepare_s": round(time.perf_counter() - started, 1)}})
 
 
 def release_memory() -> None:

@@ -73,9 +73,11 @@ def export_onnx(source: ModelSource, directory: Path) -> None:
     log.info("exported to ONNX", extra={"fields": {"export_s": round(time.perf_counter() - started, 1)}})
 
 
+def onnx_name(source: ModelSource, cache: EngineCache) -> str:
+    return cache.artifact_name(source, "onnx-float32", library_versions("torch", "transformers"))
+
+
 def onnx_export(source: ModelSource, cache: EngineCache) -> Path:
     """The float32 ONNX graph of ``source`` in the cache, exported on first use (ONNX Runtime runs it, OpenVINO converts it)."""
-    libraries = library_versions("torch", "transformers")
-    directory = cache.get_or_build(cache.artifact_name(source, "onnx-float32", libraries),
-                                   lambda tmp: export_onnx(source, tmp), "ONNX export")
+    directory = cache.get_or_build(onnx_name(source, cache), lambda tmp: export_onnx(source, tmp), "ONNX export")
     return directory / ONNX_FILE

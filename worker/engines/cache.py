@@ -42,16 +42,21 @@ def library_versions(*names: str) -> dict[str, str]:
     return versions
 
 
+def directory_fingerprint(directory: Path) -> str:
+    """A local model directory's identity: its path and its files' names, sizes and modification times."""
+    entries = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return f"dir:{directory.resolve()}:{entries}"
+
+
 def model_fingerprint(source: ModelSource) -> str:
-    """The checkpoint's identity: hub id + commit, or a local directory's file names, sizes and times."""
+    """The checkpoint's identity: hub id + commit, or :func:`directory_fingerprint`."""
     directory = Path(source.model)
     if directory.is_dir():
-        entries = sorted(
-            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()
-            if p.is_file() and not p.name.startswith(".")
-        )
-        return f"dir:{directory.resolve()}:{entries}"
-    return f"hub:{source.model}@{getattr(source.config, '_commit_hash', None) or source.revision}"
+        return directory_fingerprint(directory)
+    return f"hub:{source.model}@{source.commit or source.revision}"
 
 
 def cache_key(*parts: Any) -> str:
@@ -85,8 +90,13 @@ class EngineCache:
             self.root.mkdir(parents=True, exist_ok=True)
 
     def artifact_name(self, source: ModelSource, name: str, libraries: dict[str, str]) -> str:
-        key = cache_key(FORMAT_VERSION, model_fingerprint(source), name, libraries)
-        return f"{_slug(source.model)}-{name}-{key}"
+        return self.name_for(source.model, model_fingerprint(source), name, libraries)
+
+    def name_for(self, model: str, fingerprint: str, name: str, libraries: dict[str, str]) -> str:
+        return f"{_slug(model)}-{name}-{cache_key(FORMAT_VERSION, fingerprint, name, libraries)}"
+
+    def has(self, dirname: str) -> bool:
+        return (self.root / dirname / "complete").is_file()
 
     def get_or_build(self, dirname: str, build: Callable[[Path], None], what: str) -> Path:
         """The complete directory ``dirname``: cached, or built by ``build(tmp)`` into a temporary sibling and renamed."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.engines.base import ExportedClassifier, onnx_export
+from worker.engines.base import ExportedClassifier, onnx_export, onnx_name
 from worker.engines.cache import EngineCache, library_versions
 from worker.model import ModelSource
 
@@ -33,6 +33,15 @@ def missing() -> str | None:
     return None
 
 
+def int8_name(source: ModelSource, cache: EngineCache) -> str:
+    return cache.artifact_name(source, "onnxruntime-int8", library_versions("torch", "transformers", "onnxruntime"))
+
+
+def is_exported(source: ModelSource, precision: str, cache: EngineCache) -> bool:
+    name = onnx_name(source, cache) if precision == "float32" else int8_name(source, cache)
+    return cache.has(name)
+
+
 def model_file(source: ModelSource, precision: str, cache: EngineCache) -> Path:
     fp32 = onnx_export(source, cache)
     if precision == "float32":
@@ -46,8 +55,7 @@ def model_file(source: ModelSource, precision: str, cache: EngineCache) -> Path:
         quantize_dynamic(str(fp32), str(tmp / INT8_FILE), weight_type=QuantType.QInt8)
         log.info("quantized", extra={"fields": {"quantize_s": round(time.perf_counter() - started, 1)}})
 
-    libraries = library_versions("torch", "transformers", "onnxruntime")
-    return cache.get_or_build(cache.artifact_name(source, "onnxruntime-int8", libraries), quantize, "ONNX Runtime int8") / INT8_FILE
+    return cache.get_or_build(int8_name(source, cache), quantize, "ONNX Runtime int8") / INT8_FILE
 
 
 def session_options(threads: int) -> Any:

@@ -44,9 +44,20 @@ def missing(precision: str | None = None) -> str | None:
     return None
 
 
+def ir_name(source: ModelSource, precision: str, cache: EngineCache) -> str:
+    libraries = library_versions("torch", "transformers", "openvino")
+    if precision != "int8":
+        return cache.artifact_name(source, "openvino-float32", libraries)
+    libraries.update(library_versions("nncf"), statistics_texts=str(len(statistics_texts())))
+    return cache.artifact_name(source, "openvino-int8", libraries)
+
+
+def is_exported(source: ModelSource, precision: str, cache: EngineCache) -> bool:
+    return cache.has(ir_name(source, precision, cache))
+
+
 def ir_file(source: ModelSource, precision: str, cache: EngineCache) -> Path:
     onnx_path = onnx_export(source, cache)
-    base_libraries = library_versions("torch", "transformers", "openvino")
 
     def convert(tmp: Path) -> None:
         import openvino as ov
@@ -56,8 +67,7 @@ def ir_file(source: ModelSource, precision: str, cache: EngineCache) -> Path:
         ov.save_model(ov.convert_model(str(onnx_path)), str(tmp / IR_FILE), compress_to_fp16=False)
         log.info("converted", extra={"fields": {"convert_s": round(time.perf_counter() - started, 1)}})
 
-    fp32 = cache.get_or_build(cache.artifact_name(source, "openvino-float32", base_libraries), convert,
-                              "OpenVINO conversion") / IR_FILE
+    fp32 = cache.get_or_build(ir_name(source, "float32", cache), convert, "OpenVINO conversion") / IR_FILE
     if precision != "int8":
         return fp32
 
@@ -82,8 +92,7 @@ def ir_file(source: ModelSource, precision: str, cache: EngineCache) -> Path:
         ov.save_model(quantized, str(tmp / IR_FILE), compress_to_fp16=False)
         log.info("quantized", extra={"fields": {"quantize_s": round(time.perf_counter() - started, 1)}})
 
-    libraries = {**base_libraries, **library_versions("nncf"), "statistics_texts": str(len(statistics_texts()))}
-    return cache.get_or_build(cache.artifact_name(source, "openvino-int8", libraries), quantize, "OpenVINO int8") / IR_FILE
+    return cache.get_or_build(ir_name(source, "int8", cache), quantize, "OpenVINO int8") / IR_FILE
 
 
 class OpenVinoClassifier(ExportedClassifier):

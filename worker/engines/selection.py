@@ -250,6 +250,7 @@ class SelectionReport:
     measurements: list[Measurement]
     origin: str  # "measured" now, or "cached" from an earlier start on the same machine
     measured_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    measured_unix: float = field(default_factory=time.time)
     seconds: float = 0.0  # time the measurement took (exports and loading included)
     texts: int = 0
 
@@ -273,6 +274,7 @@ class SelectionReport:
             "chosen": str(self.chosen),
             "origin": self.origin,
             "measured_at": self.measured_at,
+            "measured_unix": self.measured_unix,
             "seconds": self.seconds,
             "texts": self.texts,
             "measurements": [
@@ -292,4 +294,4 @@ class SelectionReport:
                 agreement, row["error"], row.get("note", ""),
             ))
         return cls(Candidate.parse(value["chosen"]), measurements, origin, value["measured_at"],
-                   value.get("seconds", 0.0), value.get("texts", 0))
+                   value.get("measured_unix", 0.0), value.get("seconds", 0.0), value.get("texts", 0))
