@@ -259,19 +259,23 @@ class ModelSource:
             raise ModelLoadError(model, f"{exc}{_hub_hint(model)}") from exc
         limits = [n for n in (config.max_position_embeddings, tokenizer.model_max_length) if n and n < 1_000_000]
         model_limit = min(limits) if limits else 512
-        id2label = {int(k): v for k, v in config.id2label.items()}
         commit = getattr(config, "_commit_hash", None)
-        return cls(
-            model=model,
-            requested_revision=revision,
-            revision=revision or commit or "local",
-            encoder=TextEncoder(tokenizer, min(max_length or model_limit, model_limit)),
-            labels=resolve_labels(id2label, positive_index, labels),
-            id2label=id2label,
-            model_limit=model_limit,
-            commit=commit,
-            config=config,
-        )
+        wanted = (max_length, positive_index, labels)
+        return cls._assemble(model, revision, revision or commit or "local", commit, TextEncoder(tokenizer, model_limit),
+                             config.id2label, model_limit, wanted, config)
+
+    @classmethod
+    def _assemble(
+        cls, model: str, requested: str | None, revision: str, commit: str | None, encoder: TextEncoder,
+        id2label: dict[Any, str], model_limit: int, wanted: tuple[int | None, int | None, Sequence[str] | None],
+        config: Any = None,
+    ) -> ModelSource:
+        """The source with the operator's settings applied: ``wanted`` = (max_length, positive_index, labels)."""
+        max_length, positive_index, labels = wanted
+        encoder.max_length = min(max_length or model_limit, model_limit)
+        classes = {int(k): v for k, v in id2label.items()}
+        return cls(model, requested, revision, encoder, resolve_labels(classes, positive_index, labels), classes,
+                   model_limit, commit, config)
 
     def save_snapshot(self, directory: Path) -> None:
         """The fast tokenizer's own JSON and what the labels and limits came from (needs a fast tokenizer)."""
@@ -297,18 +301,9 @@ class ModelSource:
         tokenizer = Tokenizer.from_file(str(directory / SNAPSHOT_TOKENIZER))
         tokenizer.no_truncation()
         tokenizer.no_padding()
-        id2label = {int(k): v for k, v in saved["id2label"].items()}
         limit = saved["model_limit"]
-        return cls(
-            model=model,
-            requested_revision=revision,
-            revision=saved["revision"],
-            encoder=TextEncoder(tokenizer, min(max_length or limit, limit), saved["pad_id"]),
-            labels=resolve_labels(id2label, positive_index, labels),
-            id2label=id2label,
-            model_limit=limit,
-            commit=saved["commit"],
-        )
+        return cls._assemble(model, revision, saved["revision"], saved["commit"], TextEncoder(tokenizer, limit, saved["pad_id"]),
+                             saved["id2label"], limit, (max_length, positive_index, labels))
 
     def load_torch(self, device: str = "cpu", dtype: str = "float32") -> Any:
         """The transformers model on ``device`` in ``dtype``, in eval mode."""
