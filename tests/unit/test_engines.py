@@ -286,3 +286,31 @@ def test_the_tokenizer_snapshot_gives_the_same_ids_as_transformers(source, tmp_p
     assert [e.ids for e in ModelSource.from_snapshot(tmp_path, source.model).encoder.encode(texts)] == original
     cut = restored.encoder.encode(["긴 " * 600])[0]
     assert cut.truncated and len(cut.ids) == 64 and cut.ids[-1] == original[-1][-1]
+
+
+def test_memory_bounds_leave_an_operators_setting_alone(monkeypatch):
+    import os
+
+    from worker.engines import ONEDNN_PRIMITIVE_CACHE, bound_memory
+
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    bound_memory()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    bound_memory()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == ONEDNN_PRIMITIVE_CACHE
+
+
+def test_remeasuring_measures_once_per_start(spread_model_dir, tmp_path):
+    """WORKER_ENGINE_REMEASURE: the preparing child measures, and the worker uses that measurement."""
+    import subprocess
+    import sys
+
+    env_script = PREPARED_START.replace("engine_cache_dir=sys.argv[4]", "engine_cache_dir=sys.argv[4], engine_remeasure=True")
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(level=logging.INFO)\n" + env_script,
+                               str(spread_model_dir), "auto", "float32", str(tmp_path)],
+                              capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stderr.count("engine selection: measuring") == 1
+        assert '"selection": "measured"' in done.stdout

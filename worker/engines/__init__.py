@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -133,6 +134,29 @@ MODEL_SETTINGS = ("model", "model_revision", "device", "engine", "dtype", "compi
 PREPARE_TIMEOUT_S = 900.0
 
 
+# glibc mallopt parameters (malloc.h): fewer arenas, large buffers from mmap (returned to the system when freed)
+# and a fixed threshold instead of one that grows with the largest buffer seen, so varying batch shapes do not
+# leave the heap fragmented. Measured with OpenVINO and torch over 15,000 texts: benchmarks/README.md ("Memory").
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+MALLOC_LIMITS = {_M_ARENA_MAX: 2, _M_MMAP_THRESHOLD: 64 * 1024, _M_TRIM_THRESHOLD: 128 * 1024}
+# oneDNN (torch's CPU kernels) keeps 1,024 primitives by default, one per new shape: 64 cut torch's growth
+# over 15,000 texts by about half (benchmarks/README.md). Read once, when torch first runs a kernel.
+ONEDNN_PRIMITIVE_CACHE = "64"
+
+
+def bound_memory() -> None:
+    """Limits on what grows with the number of distinct batch shapes; an operator's own environment wins."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_PRIMITIVE_CACHE)
+    if any(name in os.environ for name in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        for parameter, value in MALLOC_LIMITS.items():
+            libc.mallopt(parameter, value)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def load_classifier(settings: Any, prepare_in_child: bool = True) -> Classifier:
     """The one place a classifier is built from settings: device, engine and precision resolved (measured for ``auto``).
 
@@ -141,12 +165,15 @@ def load_classifier(settings: Any, prepare_in_child: bool = True) -> Classifier:
     loads only the chosen engine, and never carries torch, the losing candidates or their garbage
     unless torch is the engine.
     """
+    bound_memory()
     cpu_only = settings.device == "cpu" or (settings.device == "auto" and not cuda_possible())
     device = "cpu" if cpu_only else resolve_device(settings.device)
     cache = EngineCache(Path(settings.engine_cache_dir))
     started = time.time()
+    remeasure = settings.engine_remeasure
     if cpu_only and prepare_in_child and Path(settings.model).is_dir() and not is_prepared(settings, cache):
-        prepare_in_child_process(settings)
+        if prepare_in_child_process(settings):
+            remeasure = False  # the child has just measured
     source = load_source(settings, cache)
     threads = settings.torch_threads or usable_cpus()
     if device != "cpu":
@@ -167,7 +194,7 @@ def load_classifier(settings: Any, prepare_in_child: bool = True) -> Classifier:
         return classifier
 
     report_name = selection_report_name(settings, source, wanted, threads)
-    report = cached_report(settings, cache, report_name, wanted)
+    report = cached_report(remeasure, cache, report_name, wanted)
     if report is not None:
         if report.measured_unix >= started:
             report.origin = "measured"  # by the preparing child process, for this start
@@ -197,8 +224,8 @@ def selection_report_name(settings: Any, source: ModelSource, wanted: list[Candi
     ) + ".json"
 
 
-def cached_report(settings: Any, cache: EngineCache, name: str, wanted: list[Candidate]) -> SelectionReport | None:
-    if settings.engine_remeasure:
+def cached_report(remeasure: bool, cache: EngineCache, name: str, wanted: list[Candidate]) -> SelectionReport | None:
+    if remeasure:
         return None
     value = cache.read_json(name)
     report = SelectionReport.from_json(value) if value else None
@@ -228,11 +255,11 @@ def is_prepared(settings: Any, cache: EngineCache) -> bool:
     if len(wanted) == 1:
         return is_exported(wanted[0], source, cache)
     threads = settings.torch_threads or usable_cpus()
-    report = cached_report(settings, cache, selection_report_name(settings, source, wanted, threads), wanted)
+    report = cached_report(settings.engine_remeasure, cache, selection_report_name(settings, source, wanted, threads), wanted)
     return report is not None and is_exported(report.chosen, source, cache)
 
 
-def prepare_in_child_process(settings: Any) -> None:
+def prepare_in_child_process(settings: Any) -> bool:
     """Run ``python -m worker.engines.prepare`` (exports, measurement, snapshot into the cache) and wait for it.
 
     Its log goes to our stderr. If it fails, loading goes on in this process, which then reports
@@ -253,8 +280,9 @@ def prepare_in_child_process(settings: Any) -> None:
         outcome = f"{type(exc).__name__}: {exc}"
     if outcome != "exit 0":
         log.warning("engine preparation in a child process failed; preparing here", extra={"fields": {"outcome": outcome}})
-    else:
-        log.info("engines prepared", extra={"fields": {"prepare_s": round(time.perf_counter() - started, 1)}})
+        return False
+    log.info("engines prepared", extra={"fields": {"prepare_s": round(time.perf_counter() - started, 1)}})
+    return True
 
 
 def release_memory() -> None:
