@@ -26,7 +26,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
-# [engines]: ONNX Runtime and OpenVINO (+ NNCF), the candidates WORKER_ENGINE=auto measures at start-up.
+# ONNX Runtime is a core dependency; [engines] adds OpenVINO (+ NNCF): WORKER_ENGINE=auto measures them all at start-up.
 RUN pip install ".[engines]" \
  && python -c "import torch, transformers, confluent_kafka, onnxruntime, openvino, worker.engines; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnxruntime', onnxruntime.__version__, 'openvino', openvino.__version__)"
 

@@ -8,6 +8,7 @@ import pytest
 
 from worker.engines.selection import (
     GIVE_UP,
+    SMALL_REPEATS,
     LARGE_WINDOW,
     REFERENCE,
     SMALL_WINDOW,
@@ -236,7 +237,7 @@ def test_measure_times_small_and_full_windows_and_checks_each_against_the_refere
     assert choose(list(result.values())).candidate == ORT_INT8
     assert len(released) == 3  # each engine released before the next is built
     # the small windows ran SMALL_REPEATS times, then every text once in full windows
-    assert engines[ORT_INT8].texts_seen == 3 * SMALL_WINDOW * SMALL_WINDOWS + TEXTS
+    assert engines[ORT_INT8].texts_seen == SMALL_REPEATS * SMALL_WINDOW * SMALL_WINDOWS + TEXTS
 
 
 def test_measure_stops_a_candidate_that_cannot_beat_the_reference():
@@ -244,7 +245,7 @@ def test_measure_stops_a_candidate_that_cannot_beat_the_reference():
     slow = FakeEngine(clock, per_text=0.004 * GIVE_UP * 2)
     result = run_measure({REFERENCE: FakeEngine(clock, per_text=0.004), TORCH_BF16: slow}, clock)
     assert "stopped after 250 texts" in result[TORCH_BF16].status()
-    assert slow.texts_seen < 3 * SMALL_WINDOW * SMALL_WINDOWS + TEXTS
+    assert slow.texts_seen < SMALL_REPEATS * SMALL_WINDOW * SMALL_WINDOWS + TEXTS
     assert result[TORCH_BF16].agreement is None and not result[TORCH_BF16].qualifies
     assert choose(list(result.values())).candidate == REFERENCE
 

@@ -27,9 +27,9 @@ def missing() -> str | None:
     """Why this engine cannot run here, or None."""
     import importlib.util
 
-    for module in ("onnxruntime",):
+    for module in ("onnxruntime", "onnx"):
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install 'koelectra-worker[onnxruntime]')"
+            return f"{module} is not installed (a core dependency: pip install onnxruntime onnx)"
     return None
 
 

@@ -28,7 +28,7 @@ MIN_SAME_LABEL = 0.995  # share of texts whose label equals the reference's
 MAX_ACCURACY_CHANGE = 0.003  # 0.3 points, either way
 SMALL_WINDOW = 8  # texts per window at everyday load
 SMALL_WINDOWS = 8  # windows timed per repeat
-SMALL_REPEATS = 3  # best of these
+SMALL_REPEATS = 2  # best of these
 LARGE_WINDOW = 250  # texts per full window
 GIVE_UP = 1.5  # stop a candidate whose cost is this many times the reference's
 
