@@ -26,8 +26,9 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
-RUN pip install . \
- && python -c "import torch, transformers, confluent_kafka, worker; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+# ONNX Runtime is a core dependency; [engines] adds OpenVINO (+ NNCF): WORKER_ENGINE=auto measures them all at start-up.
+RUN pip install ".[engines]" \
+ && python -c "import torch, transformers, confluent_kafka, onnxruntime, openvino, worker.engines; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnxruntime', onnxruntime.__version__, 'openvino', openvino.__version__)"
 
 # ---------------------------------------------------------------------------------------------
 # runtime: the venv on a clean slim image, running as an unprivileged user
@@ -35,13 +36,14 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG UID=10001
 RUN groupadd --system --gid "${UID}" worker \
  && useradd --system --uid "${UID}" --gid worker --home-dir /home/worker --create-home --shell /usr/sbin/nologin worker \
- && mkdir -p /models/hf /opt/model \
+ && mkdir -p /models/hf /models/engines /opt/model \
  && chown -R worker:worker /models /opt/model
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/models/hf \
+    WORKER_ENGINE_CACHE_DIR=/models/engines \
     HF_HUB_DISABLE_TELEMETRY=1 \
     WORKER_METRICS_HOST=0.0.0.0 \
     WORKER_METRICS_PORT=8000

@@ -19,8 +19,15 @@ NSMC_SAMPLE = DATA / "nsmc_sample.tsv"
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
 
 
-def build_tiny_model(target: Path, id2label: dict[int, str] | None = None, seed: int = 0) -> Path:
-    """An ElectraForSequenceClassification of KoELECTRA-Small-v3's shape, scaled down, random weights."""
+def build_tiny_model(
+    target: Path, id2label: dict[int, str] | None = None, seed: int = 0, initializer_range: float = 0.02
+) -> Path:
+    """An ElectraForSequenceClassification of KoELECTRA-Small-v3's shape, scaled down, random weights.
+
+    With the default initialisation every text scores about 0.5; a larger ``initializer_range``
+    makes the scores spread over (0, 1) and depend on the words, attention and padding, which is
+    what comparing two engines' outputs needs.
+    """
     import torch
     from transformers import ElectraConfig, ElectraForSequenceClassification
 
@@ -33,6 +40,7 @@ def build_tiny_model(target: Path, id2label: dict[int, str] | None = None, seed:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
+        initializer_range=initializer_range,
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )
@@ -43,6 +51,14 @@ def build_tiny_model(target: Path, id2label: dict[int, str] | None = None, seed:
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(TOKENIZER_DIR / name, target / name)
     return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exports and engine measurements of the whole session go to one temporary directory, never ~/.cache."""
+    directory = tmp_path_factory.mktemp("engine-cache")
+    os.environ["WORKER_ENGINE_CACHE_DIR"] = str(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -217,6 +217,8 @@ def worker_env(bootstrap: str, topics: dict[str, str], model_dir: Path | str, **
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if "WORKER_ENGINE_CACHE_DIR" in os.environ:  # the test session's (tests/conftest.py): exports made once per session
+        env["WORKER_ENGINE_CACHE_DIR"] = os.environ["WORKER_ENGINE_CACHE_DIR"]
     env.update(extra)
     return env
 

@@ -71,19 +71,10 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
 
 
 def load_classifier(settings: Settings) -> Any:
-    from worker.model import HFClassifier
+    """The one place the worker builds its classifier: engine, precision and device from the settings (worker.engines)."""
+    from worker.engines import load_classifier as build
 
-    return HFClassifier.load(
-        settings.model,
-        revision=settings.model_revision,
-        device=settings.device,
-        dtype=settings.dtype,
-        threads=settings.torch_threads,
-        max_length=settings.max_length,
-        positive_index=settings.positive_index,
-        labels=settings.labels,
-        compile=settings.compile,
-    )
+    return build(settings)
 
 
 class SignalWatcher:
@@ -151,7 +142,7 @@ def cmd_run(settings: Settings) -> int:
     log.info("starting", extra={"fields": {"settings": settings.masked_dump()}})
     classifier = load_classifier(settings)
     classifier.warm_up()
-    metrics.model_info.info(classifier.info)
+    metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
     candidate = Worker(settings, classifier, metrics, health, watchdog=watchdog)
     worker = candidate
@@ -198,6 +189,9 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     scored = score_rows(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
     report = summarize(scored, args.thresholds, args.review_below)
     report["model"] = classifier.info
+    selection = getattr(classifier, "selection", None)
+    if selection is not None:
+        report["engine_selection"] = selection.to_json()
     text = json.dumps(report, ensure_ascii=False, indent=2)
     print(text if args.json else format_report(report))
     if args.output:

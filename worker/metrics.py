@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
@@ -71,7 +71,17 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "worker_in_flight_messages", "Records consumed whose result is not yet acknowledged.", registry=r
         )
-        self.model_info = Info("worker_model", "The loaded model.", registry=r)
+        self.model_info = Info("worker_model", "The loaded model (engine, precision and how they were chosen among the labels).", registry=r)
+        self.engine_speed = Gauge(
+            "worker_engine_candidate_texts_per_second",
+            "WORKER_ENGINE=auto's measurement: texts/s of each candidate engine and precision, in small or full windows.",
+            ["engine", "precision", "window", "chosen", "qualified"], registry=r,
+        )
+        self.engine_agreement = Gauge(
+            "worker_engine_candidate_same_label_ratio",
+            "WORKER_ENGINE=auto's check: share of calibration texts where a candidate's label equals the float32 reference's.",
+            ["engine", "precision"], registry=r,
+        )
         self.errors = Counter("worker_errors", "Errors by kind.", ["kind"], registry=r)
         self.ready = Gauge("worker_ready", "1 while the model is loaded and the worker is serving.", registry=r)
         self.blocked = Gauge(
@@ -87,6 +97,21 @@ class WorkerMetrics:
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self._lag_partitions: set[Partition] = set()
+
+    def describe_model(self, classifier: Any) -> None:
+        """The loaded classifier's info, and (when ``auto`` chose it) what was measured to choose it."""
+        self.model_info.info(classifier.info)
+        report = getattr(classifier, "selection", None)
+        if report is None:
+            return
+        for m in report.measurements:
+            engine, precision = m.candidate.engine, m.candidate.precision
+            chosen, qualified = str(m.candidate == report.chosen).lower(), str(m.qualifies).lower()
+            for window, value in (("small", m.small_per_s), ("full", m.large_per_s)):
+                if value:
+                    self.engine_speed.labels(engine, precision, window, chosen, qualified).set(value)
+            if m.agreement is not None:
+                self.engine_agreement.labels(engine, precision).set(m.agreement.same_label)
 
     def set_lag(self, lag: dict[Partition, int]) -> None:
         for gone in self._lag_partitions - lag.keys():

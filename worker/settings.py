@@ -158,14 +158,27 @@ class Settings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, min_length=1, description="Hugging Face hub id or local model directory.")
     model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto picks bfloat16 on CPUs with AVX-512 BF16/AMX and on CUDA; float32 forces full precision."
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="Inference engine. auto times the installed engines and precisions at start-up (cached per machine) and keeps the fastest that agrees with float32 torch; on CUDA only torch runs.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+        "auto",
+        description="Precision. auto: measured with the engine (on CUDA bfloat16, else float16); a value forces it (int8: onnxruntime and openvino; float16: torch).",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="torch.compile the model at start-up: auto does it for full-size models in bfloat16 on the CPU (about a minute of start-up, ~1.5x the speed).",
+        description="torch.compile the torch engine at start-up: auto does it when WORKER_ENGINE=torch runs a full-size model in bfloat16 on the CPU (about a minute of start-up); on: also after WORKER_ENGINE=auto chose torch.",
     )
-    torch_threads: int | None = Field(None, gt=0, description="Intra-op threads for inference (default: usable CPU cores).")
+    torch_threads: int | None = Field(None, gt=0, description="Intra-op threads for inference, every engine (default: usable CPU cores).")
+    engine_cache_dir: str = Field(
+        "~/.cache/koelectra-worker/engines",
+        min_length=1,
+        description="Exported models and auto's measurements, keyed by model, revision, engine, precision, library versions and CPU.",
+    )
+    engine_remeasure: bool = Field(
+        False, description="Measure the engines again at start-up even if this machine's measurement is cached."
+    )
     max_length: int | None = Field(None, gt=2, description="Token limit per text (default: the model's, 512); longer texts are truncated.")
     positive_index: int | None = Field(
         None, ge=0, le=1, description="For binary models: the class that means positive (default: from the label names, else 1)."
