@@ -39,7 +39,7 @@ from worker.kafka_io import (
 from worker.metrics import Health, WorkerMetrics
 from worker.model import Classifier, Encoding
 from worker.outputs import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
-from worker.publishing import AtLeastOncePublisher, TransactionalPublisher, fatal_for
+from worker.publishing import fatal_for, make_publisher
 from worker.records import InputRecord
 from worker.routing import check_labels
 from worker.settings import Settings
@@ -116,8 +116,7 @@ class Worker:
             settings.output_topic, settings.dlq_topic, self.model_ref, settings.routes, self.port.max_record_bytes,
             settings.max_message_bytes, settings.result_field_names,
         )
-        publisher = TransactionalPublisher if self.port.transactional else AtLeastOncePublisher
-        self.publisher = publisher(self.port, self, self.renderer, clock, wall_clock)
+        self.publisher = make_publisher(self.port, self, self.renderer, clock, wall_clock)
         self.backpressure = Backpressure(self.port, settings.max_in_flight_messages)
         self.inference: InferenceStage | None = None
         self.exit_code = EXIT_CLEAN

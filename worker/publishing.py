@@ -375,3 +375,10 @@ class _Abort(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def make_publisher(port: KafkaPort, pipeline: Pipeline, renderer: Renderer,
+                   clock: Callable[[], float], wall_clock: Callable[[], float]) -> Publisher:
+    """The publisher for the port's delivery mode: the only place that tells the two apart."""
+    publisher = TransactionalPublisher if port.transactional else AtLeastOncePublisher
+    return publisher(port, pipeline, renderer, clock, wall_clock)

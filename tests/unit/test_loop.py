@@ -534,3 +534,22 @@ def test_fake_kafka_scripts_are_consumed():
         fake.commit_transaction(1)
     fake.commit_transaction(1)
     assert fake.txn_state == {1: "committed"}
+
+
+def test_the_fake_and_the_real_clients_implement_the_same_port():
+    """The fake cannot drift from KafkaClients: both have every KafkaPort method, with the same parameters."""
+    import inspect
+
+    from worker.kafka_io import KafkaPort
+    from worker.kafka_io.clients import KafkaClients
+
+    members = [name for name in dir(KafkaPort) if not name.startswith("_") and callable(getattr(KafkaPort, name))]
+    assert len(members) >= 15
+    for name in members:
+        expected = list(inspect.signature(getattr(KafkaPort, name)).parameters)
+        for implementation in (KafkaClients, FakeKafka):
+            method = getattr(implementation, name, None)
+            assert callable(method), f"{implementation.__name__} has no {name}"
+            assert list(inspect.signature(method).parameters) == expected, f"{implementation.__name__}.{name}"
+    for attribute in ("transactional", "read_committed"):
+        assert attribute in KafkaPort.__annotations__
