@@ -252,8 +252,16 @@ def test_exactly_once_rebalance_while_windows_in_flight(
     B joins mid-stream and takes partitions over. Windows A consumed before the revocation must not be
     published or committed after it (issue 10, defect 4); read_committed sees every result exactly once."""
     name = "eos rebalance mid-window"
-    keys = feed(kafka_bootstrap, topics["input"], nsmc_rows, TOTAL)
-    end = end_offsets(kafka_bootstrap, topics["input"])
+    # A first part at once, the rest at a steady pace while B joins: however fast the engine, A still has
+    # windows in flight when B takes partitions over.
+    rows = (nsmc_rows * (TOTAL // len(nsmc_rows) + 1))[:TOTAL]
+    keys = [f"{i}-{doc_id}" for i, (doc_id, _, _) in enumerate(rows)]
+    records = [(k.encode(), doc.encode()) for k, (_, doc, _) in zip(keys, rows)]
+    produce(kafka_bootstrap, topics["input"], records[:HEAD_START])
+    feeder = threading.Thread(target=paced_produce, args=(kafka_bootstrap, topics["input"], records[HEAD_START:]),
+                              daemon=True)
+    feeder.start()
+    end = {p: TOTAL for p in end_offsets(kafka_bootstrap, topics["input"])}  # the partitions; the ends come later
     common = {"WORKER_BATCH_MAX_MESSAGES": "2", "WORKER_BATCH_MAX_WAIT_MS": "5", "WORKER_SHUTDOWN_TIMEOUT_S": "10"}
     port_a = free_port()
     env_a = exactly_once_env(kafka_bootstrap, topics, tiny_model_dir, **common,
@@ -278,13 +286,16 @@ def test_exactly_once_rebalance_while_windows_in_flight(
                                                       if parts) >= 2
 
         wait_for(shared, 300, interval_s=0.5, message="both workers holding partitions")
+        feeding_at_join = feeder.is_alive()
         offsets = CommittedOffsets(kafka_bootstrap, group, topics["input"], list(end))
         committed_at_join = sum((offsets.read() or {}).values())
         offsets.close()
         a_metrics = scrape(port_a) or {}
         in_flight_a = sum(v for _, v in a_metrics.get("worker_in_flight_messages", []))
-        if committed_at_join >= TOTAL:
+        if committed_at_join >= TOTAL or not feeding_at_join:
             problems.append("precondition: the stream had finished before B held partitions")
+        feeder.join(300)
+        end = end_offsets(kafka_bootstrap, topics["input"])
         wait = wait_committed(kafka_bootstrap, group, topics["input"], end, gone=both_gone)
         if not wait.complete:
             problems.append(f"stream did not complete: {wait.reason}")
@@ -298,6 +309,18 @@ def test_exactly_once_rebalance_while_windows_in_flight(
     if missing or duplicates:
         problems.append(f"read_committed: {missing} missing, {duplicates} duplicates of {len(keys)}")
     fail_if(problems, a.logs(2500) + "\n" + b.logs(2500))
+
+
+HEAD_START = 400
+PACE_PER_S = 40
+
+
+def paced_produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """`records` at about PACE_PER_S a second, in chunks."""
+    chunk = max(1, PACE_PER_S // 4)
+    for start in range(0, len(records), chunk):
+        produce(bootstrap, topic, records[start:start + chunk])
+        time.sleep(chunk / PACE_PER_S)
 
 
 # --- 4. at-least-once: an outage longer than message.timeout.ms ------------------------------------------
