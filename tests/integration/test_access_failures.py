@@ -51,13 +51,13 @@ ACCESS_BOUND_S = ACCESS_TIMEOUT_S + 60  # from process start: start-up, the time
 MODEL_BOUND_S = 90
 # A worker that stops for a reason writes a handful of start-up lines, one line per failure
 # interval and the fatal line; one that retries in a loop writes thousands.
-# Lines a worker may log once it serves (after "partitions assigned") until it exits: start-up logs the
-# settings and the engine table, which depend on the installation; what must stay bounded is the rest.
+# Lines a worker may log once its model is ready until it exits: loading logs the settings and the engine
+# table, which depend on the installation; what must stay bounded is the rest.
 MAX_LOG_LINES_SERVING = 15
 
 
 def serving_lines(run) -> list[str]:
-    first = next((i for i, line in enumerate(run.lines) if "partitions assigned" in line), 0)
+    first = next((i for i, line in enumerate(run.lines) if "INFO worker: model ready" in line), 0)
     return run.lines[first:]
 KIND_HEADER = HEADER_PREFIX + "error.kind"
 

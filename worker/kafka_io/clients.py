@@ -79,6 +79,11 @@ def _to_record(message: Any) -> InputRecord:
     )
 
 
+def _is_unknown_topic(exc: BaseException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
 def parse_progress(stats_json: str) -> dict[Partition, PartitionProgress]:
     """Per assigned partition: high watermark, last stable offset, committed offset and position."""
     stats = json.loads(stats_json)
@@ -190,13 +195,18 @@ class KafkaClients:
         )
 
     def _read_topic_limits(self, topics: list[str]) -> dict[str, int]:
-        """Each topic's max.message.bytes, where the cluster lets us read it (else the default is assumed)."""
+        """Each topic's max.message.bytes, where the cluster lets us read it (else the default is assumed).
+
+        A destination topic that does not exist on a cluster that does not create topics is reported
+        now (DESTINATION), rather than after librdkafka's 30 s metadata wait on the first result.
+        """
         from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
         limits: dict[str, int] = {}
+        missing: list[str] = []
         admin = AdminClient(self.admin_config())
         deadline = time.monotonic() + ADMIN_TIMEOUT_S
-        with self._watchdog.call("admin.describe_configs", ADMIN_TIMEOUT_S + 5):
+        with self._watchdog.call("admin.describe_configs", 2 * ADMIN_TIMEOUT_S + 5):
             futures = admin.describe_configs(
                 [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=ADMIN_TIMEOUT_S
             )
@@ -206,14 +216,39 @@ class KafkaClients:
                     if entry is not None and entry.value is not None:
                         limits[resource.name] = int(entry.value)
                 except Exception as exc:  # noqa: BLE001 - not permitted, missing or unreachable: keep the default
+                    if _is_unknown_topic(exc):
+                        missing.append(resource.name)
                     log.warning(
                         "could not read max.message.bytes of topic %s (%s); assuming the broker default %d",
                         resource.name, exc, BROKER_MESSAGE_MAX_BYTES,
                     )
+            creates = self._cluster_creates_topics(admin, deadline + ADMIN_TIMEOUT_S) if missing else None
             del admin, futures  # its destructor runs here, under the watchdog
         if limits:
             log.info("destination topic limits", extra={"fields": {"max.message.bytes": limits}})
+        if missing and creates is False:
+            raise KafkaCallError("start", ClientError(
+                "UNKNOWN_TOPIC_OR_PART",
+                f"destination topic(s) {', '.join(missing)} do not exist and the cluster does not create topics "
+                "(auto.create.topics.enable=false): create them",
+                ErrorKind.DESTINATION,
+            ))
         return limits
+
+    def _cluster_creates_topics(self, admin: Any, deadline: float) -> bool | None:
+        """The brokers' auto.create.topics.enable, where the cluster lets us read it."""
+        from confluent_kafka.admin import ConfigResource, ResourceType
+
+        try:
+            brokers = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).brokers
+            broker = str(next(iter(brokers)))
+            (future,) = admin.describe_configs([ConfigResource(ResourceType.BROKER, broker)],
+                                               request_timeout=ADMIN_TIMEOUT_S).values()
+            entry = future.result(timeout=max(0.1, deadline - time.monotonic())).get("auto.create.topics.enable")
+            return None if entry is None or entry.value is None else entry.value.lower() == "true"
+        except Exception as exc:  # noqa: BLE001 - not permitted: the first delivery will tell
+            log.info("could not read auto.create.topics.enable (%s)", exc)
+            return None
 
     def _init_transactions(self) -> None:
         """init_transactions in short, resumable chunks, so refused credentials are noticed in between."""
