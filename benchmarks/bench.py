@@ -295,7 +295,11 @@ def metric(values: dict[str, float], name: str) -> float:
 
 
 class OutputReader(threading.Thread):
-    """Reads the output topic from the beginning; records (receive time, key, latency_ms field)."""
+    """Reads the output topic from the beginning; records (receive time, key, output record timestamp in ms).
+
+    Latency is measured outside the worker: from the input record's timestamp (taken when the bench
+    produced it) to the output record's (set by the worker's producer when it produced the result).
+    """
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         super().__init__(name="output-reader", daemon=True)
@@ -318,11 +322,8 @@ class OutputReader(threading.Thread):
             for message in batch:
                 if message.error():
                     continue
-                try:
-                    latency = json.loads(message.value()).get("latency_ms")
-                except ValueError:
-                    latency = None
-                rows.append((now, message.key(), latency))
+                kind, timestamp = message.timestamp()
+                rows.append((now, message.key(), float(timestamp) if kind != 0 and timestamp > 0 else None))
             if rows:
                 with self.lock:
                     self.records.extend(rows)
@@ -575,7 +576,8 @@ def offer_load(args: argparse.Namespace, bootstrap: str, port: int, reader: Outp
             time.sleep(pause)
         key = f"{prefix}-{i}".encode()
         sent[key] = time.time()
-        producer.produce(topics["in"], texts[i % len(texts)].encode("utf-8"), key=key)
+        producer.produce(topics["in"], texts[i % len(texts)].encode("utf-8"), key=key,
+                         timestamp=int(sent[key] * 1000))  # the input record's timestamp, as the worker sees it
         producer.poll(0)
     offered_for = time.time() - started
     producer.flush(30)
@@ -588,7 +590,7 @@ def offer_load(args: argparse.Namespace, bootstrap: str, port: int, reader: Outp
     latency_rows = [(at, key, field) for at, key, field in reader.snapshot() if key in sent]
     warm = int(0.05 * len(latency_rows))  # the first 5 % settle the loop into the new rate
     measured = latency_rows[warm:]
-    field_ms = [field for _, _, field in measured if field is not None]
+    field_ms = [stamp - 1000 * sent[key] for _, key, stamp in measured if stamp is not None]
     received_ms = [1000 * (at - sent[key]) for at, key, _ in measured]
     d = {name: metric(after, name) - metric(before, name) for name in (
         "worker_inference_duration_seconds_sum", "worker_inference_duration_seconds_count",

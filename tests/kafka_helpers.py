@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AclBinding, AdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,16 +128,36 @@ def consume_all(
     return out
 
 
-def committed_and_end_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        tps = [TopicPartition(topic, p) for p in partitions]
-        committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
-        end = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        return committed, end
-    finally:
-        consumer.close()
+# What a group coordinator answers while it is still loading or moving (the KafkaError built from
+# these codes does not set retriable(), so they are listed).
+COORDINATOR_NOT_YET = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                       KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT}
+
+
+def committed_and_end_offsets(
+    bootstrap: str, group: str, topic: str, timeout_s: float = 30
+) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offsets and the topic's end offsets.
+
+    Retried while the broker answers with a retriable error: a freshly started broker (or one whose
+    coordinator just moved) answers NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS for a few seconds.
+    """
+    deadline = time.time() + timeout_s
+    while True:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            tps = [TopicPartition(topic, p) for p in partitions]
+            committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+            end = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+            return committed, end
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and hasattr(exc.args[0], "code") else None
+            if code not in COORDINATOR_NOT_YET or time.time() > deadline:
+                raise
+        finally:
+            consumer.close()
+        time.sleep(0.5)
 
 
 def wait_for(condition, timeout_s: float, interval_s: float = 0.2, message: str = "condition") -> None:
