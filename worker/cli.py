@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -142,6 +143,7 @@ def cmd_run(settings: Settings) -> int:
     log.info("starting", extra={"fields": {"settings": settings.masked_dump()}})
     classifier = load_classifier(settings)
     classifier.warm_up()
+    freeze_startup_heap()
     metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
     candidate = Worker(settings, classifier, metrics, health, watchdog=watchdog)
@@ -158,6 +160,19 @@ def cmd_run(settings: Settings) -> int:
     # block for minutes, and everything that matters was committed or abandoned above.
     hard_exit(worker.exit_code, exit_line(EXIT_FATAL, f"{fatal.reason}: {fatal.detail}") if fatal else None)
     return worker.exit_code  # not reached
+
+
+def freeze_startup_heap() -> None:
+    """Exclude everything allocated during start-up from garbage collection.
+
+    torch, transformers and the engines leave a few hundred thousand long-lived objects behind; a
+    full collection walks all of them (measured 120-130 ms on 2 vCPUs) and runs whenever enough new
+    objects have survived, which put those pauses into the p99 latency of whatever window was in
+    flight. Frozen objects are never scanned, so the collections that remain only see what the loop
+    itself allocates (the documented use of ``gc.freeze``).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def cmd_classify(settings: Settings, texts: Sequence[str], as_json: bool) -> int:
