@@ -442,7 +442,10 @@ def bench_startup(bootstrap: str, model: Path, cache_dir: Path, timeout: float) 
     return result
 
 
-def bench_kafka(args: argparse.Namespace, bootstrap: str, model: Path, texts: list[str], cache_dir: Path) -> dict[str, Any]:
+def bench_kafka(args: argparse.Namespace, bootstrap: str, model: Path, texts: list[str], cache_dir: Path,
+                extra_env: dict[str, str] | None = None, latency: bool = True,
+                log_name: str = "worker.log") -> dict[str, Any]:
+    """Parts 5-7 with one ``worker run`` process: a pre-loaded backlog, then (``latency``) steady loads."""
     run_id = uuid.uuid4().hex[:8]
     topics = {"in": f"bench-in-{run_id}", "out": f"bench-out-{run_id}", "dlq": f"bench-dlq-{run_id}"}
     partitions = args.partitions
@@ -453,14 +456,15 @@ def bench_kafka(args: argparse.Namespace, bootstrap: str, model: Path, texts: li
         reader = OutputReader(bootstrap, topics["out"], partitions)
         reader.start()
         port = free_port()
-        env = worker_process_env(bootstrap, topics, model, port, cache_dir, f"bench-worker-{run_id}")
+        env = {**worker_process_env(bootstrap, topics, model, port, cache_dir, f"bench-worker-{run_id}"),
+               **(extra_env or {})}
         RESULTS.mkdir(parents=True, exist_ok=True)
-        worker_log = open(RESULTS / "worker.log", "w")
+        worker_log = open(RESULTS / log_name, "w")
         launched = time.time()
         worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], cwd=ROOT, env=env,
                                   stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            return _drive_worker(args, bootstrap, worker, port, reader, topics, texts, launched)
+            return _drive_worker(args, bootstrap, worker, port, reader, topics, texts, launched, latency)
         finally:
             reader.stopped.set()
             stop_worker(worker)
@@ -471,7 +475,8 @@ def bench_kafka(args: argparse.Namespace, bootstrap: str, model: Path, texts: li
 
 
 def _drive_worker(args: argparse.Namespace, bootstrap: str, worker: subprocess.Popen, port: int,
-                  reader: OutputReader, topics: dict[str, str], texts: list[str], launched: float) -> dict[str, Any]:
+                  reader: OutputReader, topics: dict[str, str], texts: list[str], launched: float,
+                  latency: bool = True) -> dict[str, Any]:
     n = len(texts)
     ready_at = first_consumed_at = None
     deadline = time.time() + args.timeout
@@ -540,6 +545,8 @@ def _drive_worker(args: argparse.Namespace, bootstrap: str, worker: subprocess.P
     log(f"end to end: {n} messages in {elapsed:.2f}s = {throughput:.0f}/s")
 
     result["rss_mb_after_full_load"] = rss_mb(worker.pid)
+    if not latency:
+        return result
     # Part 6: steady offered load at 100/s, then at a fraction of (5).
     full_window_ms = result["mean_batch_inference_ms"]
     result["latency_runs"] = []
@@ -661,12 +668,20 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| 7 | padding efficiency / mean batch at full load | {p5['batches']} batches | – | "
                      f"**{p5['padding_efficiency']}** / {p5['mean_batch_messages']} messages, "
                      f"{p5['mean_batch_inference_ms']} ms per batch |")
+    p8 = results.get("baseline")
+    if p8:
+        info = p8["worker_model_info"]
+        lines.append(f"| 8 | the torch-engine worker end to end ({info.get('engine')}/{info.get('precision')}; "
+                     f"the worker before the engines) | {p8['messages']} | {p8['messages_per_s']} | "
+                     f"RSS {p8['rss_mb_after_warm_up']} MB after warm-up, {p8.get('rss_mb_after_full_load')} MB at the end |")
     r = results["ratios"]
     lines += ["", "| ratio | value | target |", "|---|---:|---:|"]
     if "e2e_over_pipeline" in r:
         lines.append(f"| (5)/(1) | {r['e2e_over_pipeline']} | – |")
     if "e2e_over_in_memory" in r:
         lines.append(f"| (5)/(3) | {r['e2e_over_in_memory']} | ≥ 0.9 |")
+    if "e2e_over_torch_worker" in r:
+        lines.append(f"| (5)/(8) | {r['e2e_over_torch_worker']} | ≥ 1.5 |")
     if "in_memory_over_pipeline" in r:
         lines.append(f"| (3)/(1) | {r['in_memory_over_pipeline']} | – |")
     if p3 and p3.get("selection_table"):
@@ -685,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-kafka", action="store_true", help="only the in-memory parts (1-3)")
     parser.add_argument("--skip-pipeline", action="store_true", help="skip part 1")
     parser.add_argument("--skip-engines", action="store_true", help="skip part 2")
+    parser.add_argument("--skip-baseline", action="store_true", help="skip part 8 (the torch-engine worker)")
     parser.add_argument("--bootstrap", default=None,
                         help="use this broker (default: start deploy/kafka/kafka.sh on 127.0.0.1:29092, stop it after)")
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the input and output topics")
@@ -747,8 +763,18 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 log(f"part 4: start-up cold and warm through {bootstrap}")
                 results["startup"] = bench_startup(bootstrap, args.model, startup_cache, args.timeout)
-                log(f"parts 5-7: end to end through {bootstrap}")
-                results["end_to_end"] = bench_kafka(args, bootstrap, args.model, texts, startup_cache)
+                # The engine of part 3 (auto's choice in this run), so (5)/(3) compares one engine in and
+                # out of Kafka: a second measurement at start-up could pick another within the noise.
+                info = results["in_memory"]["model_info"]
+                pinned = {"WORKER_ENGINE": info.get("engine", "auto"), "WORKER_DTYPE": info.get("precision", "auto")}
+                log(f"parts 5-7: end to end through {bootstrap} with {pinned}")
+                results["end_to_end"] = bench_kafka(args, bootstrap, args.model, texts, startup_cache, pinned)
+                if not args.skip_baseline:
+                    # The worker as it was before the engines: torch, its precision measured within torch.
+                    log("part 8: the torch-engine worker end to end (the baseline)")
+                    results["baseline"] = bench_kafka(args, bootstrap, args.model, texts, startup_cache,
+                                                      {"WORKER_ENGINE": "torch", "WORKER_DTYPE": "auto"},
+                                                      latency=False, log_name="worker-torch.log")
             finally:
                 if started_broker:
                     stop_own_broker()
@@ -761,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         r["e2e_over_pipeline"] = round(p5["messages_per_s"] / p1["messages_per_s"], 2)
     if p3 and p5:
         r["e2e_over_in_memory"] = round(p5["messages_per_s"] / p3["messages_per_s"], 3)
+    p8 = results.get("baseline")
+    if p5 and p8:
+        r["e2e_over_torch_worker"] = round(p5["messages_per_s"] / p8["messages_per_s"], 2)
     if p1 and p3:
         r["in_memory_over_pipeline"] = round(p3["messages_per_s"] / p1["messages_per_s"], 2)
     results["table_markdown"] = table(results)

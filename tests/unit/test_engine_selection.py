@@ -226,9 +226,10 @@ def test_measure_times_small_and_full_windows_and_checks_each_against_the_refere
     }
     released: list[int] = []
     result = run_measure(engines, clock, released=released)
-    # windows of 8 texts: one call each (sub-batch budget 4096 tokens holds them)
-    assert result[REFERENCE].small_per_s == pytest.approx(8 / (0.010 + 8 * 0.004), rel=1e-3)
-    assert result[ORT_INT8].small_per_s == pytest.approx(8 / (0.002 + 8 * 0.001), rel=1e-3)
+    # windows of SMALL_WINDOW texts: one call each (sub-batch budget 4096 tokens holds them)
+    w = SMALL_WINDOW
+    assert result[REFERENCE].small_per_s == pytest.approx(w / (0.010 + w * 0.004), rel=1e-3)
+    assert result[ORT_INT8].small_per_s == pytest.approx(w / (0.002 + w * 0.001), rel=1e-3)
     # full windows of LARGE_WINDOW texts: one call each
     assert result[ORT_INT8].large_per_s == pytest.approx(LARGE_WINDOW / (0.002 + LARGE_WINDOW * 0.001), rel=1e-3)
     assert result[ORT_INT8].agreement.passed and result[ORT_INT8].agreement.same_label == 1.0
