@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAND_IN := ../shared/models/koelectra-small-v3-nsmc-scratch
 
-.PHONY: setup tools test unit run demo bench broker-start broker-stop clean
+.PHONY: setup tools test unit run demo bench soak broker-start broker-stop clean
 
 $(BIN)/worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo: setup tools
 
 bench: setup tools
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Memory over a long run: RSS from 100,000 to 1,000,000 messages through Kafka (about 30 min on 2 vCPUs).
+soak: setup tools
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 broker-start:
 	bash deploy/kafka/kafka.sh start

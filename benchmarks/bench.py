@@ -598,6 +598,10 @@ def offer_load(args: argparse.Namespace, bootstrap: str, port: int, reader: Outp
     warm = int(0.05 * len(latency_rows))  # the first 5 % settle the loop into the new rate
     measured = latency_rows[warm:]
     field_ms = [stamp - 1000 * sent[key] for _, key, stamp in measured if stamp is not None]
+    # When the slowest results were offered (seconds into the run): one cluster means a stall of the
+    # machine or the broker, spread-out ones the loop itself.
+    slowest = sorted(((stamp - 1000 * sent[key], sent[key] - started) for _, key, stamp in measured
+                      if stamp is not None), reverse=True)[: max(1, len(field_ms) // 100)]
     received_ms = [1000 * (at - sent[key]) for at, key, _ in measured]
     d = {name: metric(after, name) - metric(before, name) for name in (
         "worker_inference_duration_seconds_sum", "worker_inference_duration_seconds_count",
@@ -614,6 +618,7 @@ def offer_load(args: argparse.Namespace, bootstrap: str, port: int, reader: Outp
         "receive_p50_ms": round(percentile(received_ms, 0.50), 1),
         "receive_p95_ms": round(percentile(received_ms, 0.95), 1),
         "receive_p99_ms": round(percentile(received_ms, 0.99), 1),
+        "slowest_1_percent": [[round(ms, 1), round(at, 2)] for ms, at in slowest],  # [latency ms, offered at s]
         "mean_batch_messages": round(d["worker_batch_size_messages_sum"] / max(1.0, d["worker_batch_size_messages_count"]), 1),
         "mean_batch_inference_ms": round(batch_ms, 2),
         "padding_efficiency": round(d["worker_real_tokens_total"] / d["worker_padded_tokens_total"], 4)
@@ -705,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="use this broker (default: start deploy/kafka/kafka.sh on 127.0.0.1:29092, stop it after)")
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the input and output topics")
     parser.add_argument("--load-fraction", type=float, default=0.5, help="offered load for part 6, as a fraction of (5)")
-    parser.add_argument("--latency-seconds", type=float, default=30.0, help="how long each load of part 6 is offered")
+    parser.add_argument("--latency-seconds", type=float, default=60.0, help="how long each load of part 6 is offered")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on a worker after this many seconds")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during part 5 (needs py-spy)")
     parser.add_argument("--keep-topics", action="store_true")

@@ -263,12 +263,10 @@ def wait_exit(process: subprocess.Popen, timeout_s: float) -> int | None:
 
 
 def stop_process(process: subprocess.Popen, grace_s: float = 30) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within `grace_s`; returns the exit code."""
-    if process.poll() is None:
-        process.terminate()
-        if wait_exit(process, grace_s) is None:
-            process.kill()
-    return process.wait(30)
+    """SIGTERM, then SIGKILL if it has not exited within `grace_s`; returns the exit code
+    (negative: the signal that ended it)."""
+    terminate(process, grace_s)
+    return process.returncode
 # --- fault-test tools: progress, counting, process control, a restarting supervisor, scraping ---
 
 FATAL_EXIT = 4  # contract: fatal at run time; the orchestrator restarts the worker
@@ -639,15 +637,10 @@ def produce_with_offsets(
     assert producer.flush(120) == 0, "input records not delivered"
     assert not failures, failures[:5]
     return [offset for offset in offsets if offset is not None]
-def get_endpoint(port: int, path: str, timeout_s: float = 3) -> tuple[int, bytes] | None:
+def get_endpoint(port: int, path: str, timeout_s: float = 3) -> tuple[int, str] | None:
     """(status, body) of a GET on the worker's metrics server; None if it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-    except (OSError, urllib.error.URLError):
-        return None
+    status, body = http_get(f"http://127.0.0.1:{port}{path}", timeout_s)
+    return None if status is None else (status, body)
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]] | None:
@@ -658,7 +651,7 @@ def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]] | None:
     if answer is None or answer[0] != 200:
         return None
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(answer[1].decode()):
+    for family in text_string_to_metric_families(answer[1]):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return samples

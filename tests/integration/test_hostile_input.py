@@ -95,6 +95,12 @@ def classified_kinds(fmt: str) -> list[Hostile]:
         Hostile("timestamp in the future", wrap("좋아요", fmt), CLASSIFIED,
                 timestamp_ms=int(time.time() * 1000) + 30 * 60 * 1000),
         Hostile("timestamp at the epoch", wrap("좋아요", fmt), CLASSIFIED, timestamp_ms=1),
+        # Text that other layers may interpret: it must come back as an escaped string, nothing more.
+        Hostile("JSON with NaN as plain text", wrap('{"text": NaN, "n": Infinity, "s": "\\ud800"}', fmt), CLASSIFIED),
+        Hostile("line and paragraph separators", wrap("좋\u2028다\u2029\r\n끝\u0085", fmt), CLASSIFIED),
+        Hostile("RTL override and 5,000 combining marks", wrap("\u202e영화" + "\u0301" * 5_000, fmt), CLASSIFIED),
+        Hostile("10,000 lines", wrap("재밌어요\n" * 10_000, fmt), CLASSIFIED),
+        Hostile("private-use and unassigned code points", wrap("\ue000\U000f0000\U0001fffe\u0378 별로", fmt), CLASSIFIED),
     ]
 
 
@@ -196,7 +202,7 @@ def test_hostile_records_end_in_output_or_dead_letters(kafka_bootstrap, tiny_mod
         expected[bad_header_offset] = Hostile("header name not UTF-8", b"", "decode_error")
     hostile_total = sum(1 for h in expected.values() if h is not None)
     kinds = {h.kind for h in expected.values() if h is not None and not h.kind.startswith("blns #")}
-    assert len(kinds) >= 30 or fmt == "text" and len(kinds) >= 25
+    assert len(kinds) >= 30
 
     env = worker_env(kafka_bootstrap, topics, tiny_model_dir, WORKER_INPUT_FORMAT=fmt)
     log = tmp_path / "worker.log"

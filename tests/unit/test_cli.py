@@ -3,6 +3,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from worker.cli import SEED_SENTENCES, main
 
 
@@ -59,14 +61,15 @@ def test_eval_reports_accuracy(monkeypatch, tiny_model_dir, tmp_path, capsys):
     assert sum(map(sum, report["confusion_matrix"]["values"])) == 200
 
 
-def test_benchmark_script_starts():
-    """The benchmark is a script, not a timed test; this only checks it still imports and parses its flags."""
+@pytest.mark.parametrize("script, flag", [("bench.py", "--skip-kafka"), ("soak.py", "--warm-up")])
+def test_benchmark_script_starts(script, flag):
+    """The benchmarks are scripts, not timed tests; this only checks they still import and parse their flags."""
     from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
-    result = subprocess.run([sys.executable, str(bench), "--help"], capture_output=True, text=True, timeout=120)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / script
+    result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "--messages" in result.stdout and "--skip-kafka" in result.stdout
+    assert "--messages" in result.stdout and flag in result.stdout
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
