@@ -208,7 +208,10 @@ def test_auto_measures_once_then_reuses_the_measurement(spread_model_dir, tmp_pa
     assert first.info["selection"] == "measured"
     report = first.selection
     assert {str(m.candidate) for m in report.measurements} == {"torch/float32", "onnxruntime/float32", "openvino/float32"}
-    assert all(m.qualifies for m in report.measurements)  # float32 engines all agree with the reference
+    # float32 engines all agree with the reference; a candidate may be stopped early on timing alone (over
+    # GIVE_UP times the reference's cost on this machine's tiny model), then it was never compared
+    checked = [m for m in report.measurements if not m.note.startswith("stopped")]
+    assert all(m.qualifies for m in checked) and any(m.candidate.engine != "torch" for m in checked)
     assert (first.info["engine"], first.info["precision"]) == (report.chosen.engine, "float32")
     assert list(tmp_path.glob("selection-*.json"))
 
