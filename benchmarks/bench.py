@@ -294,6 +294,24 @@ def metric(values: dict[str, float], name: str) -> float:
     return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
 
 
+def model_info(values: dict[str, float]) -> dict[str, str]:
+    """The labels of ``worker_model_info`` (engine, precision, selection, ...) from a scrape."""
+    return {m.group(1): m.group(2) for k in values if k.startswith("worker_model_info{")
+            for m in re.finditer(r'(\w+)="([^"]*)"', k)}
+
+
+def default_model() -> tuple[Path, str]:
+    """The stand-in model when present, else KoELECTRA-Small-v3's configuration with random weights."""
+    if STAND_IN.is_dir():
+        return STAND_IN, "stand-in koelectra-small-v3-nsmc-scratch"
+    return random_weight_model(Path(tempfile.gettempdir()) / "koelectra-small-v3-random"), \
+        "KoELECTRA-Small-v3 config, random weights"
+
+
+def default_data() -> Path:
+    return NSMC_TEST if NSMC_TEST.is_file() else SAMPLE
+
+
 class OutputReader(threading.Thread):
     """Reads the output topic from the beginning; records (receive time, key, output record timestamp in ms).
 
@@ -430,8 +448,7 @@ def bench_startup(bootstrap: str, model: Path, cache_dir: Path, timeout: float) 
                         raise RuntimeError(f"worker not ready after {timeout}s")
                     ready_s = round(time.time() - launched, 2)
                     values = scrape(port)
-                    info = {m.group(1): m.group(2) for k in values if k.startswith("worker_model_info{")
-                            for m in re.finditer(r'(\w+)="([^"]*)"', k)}
+                    info = model_info(values)
                     result[kind] = {"ready_s": ready_s, "rss_mb_at_ready": rss_mb(worker.pid), "model_info": info}
                 finally:
                     stop_worker(worker)
@@ -524,8 +541,7 @@ def _drive_worker(args: argparse.Namespace, bootstrap: str, worker: subprocess.P
     throughput = n / elapsed
     real, padded = metric(full, "worker_real_tokens_total"), metric(full, "worker_padded_tokens_total")
     batches = metric(full, "worker_batch_size_messages_count")
-    model_info = {m.group(1): m.group(2) for k in full if k.startswith("worker_model_info{")
-                  for m in re.finditer(r'(\w+)="([^"]*)"', k)}
+    info = model_info(full)
     result: dict[str, Any] = {
         "messages": n,
         "seconds": round(elapsed, 3),
@@ -538,7 +554,7 @@ def _drive_worker(args: argparse.Namespace, bootstrap: str, worker: subprocess.P
         "batches": int(batches),
         "mean_batch_inference_ms": round(1000 * metric(full, "worker_inference_duration_seconds_sum")
                                          / max(1.0, metric(full, "worker_inference_duration_seconds_count")), 2),
-        "worker_model_info": model_info,
+        "worker_model_info": info,
         "partitions": args.partitions,
         "rss_mb_after_warm_up": rss_at_ready,
     }
@@ -720,15 +736,11 @@ def main(argv: list[str] | None = None) -> int:
     from worker.settings import load_settings
 
     if args.model is None:
-        if STAND_IN.is_dir():
-            args.model, model_kind = STAND_IN, "stand-in koelectra-small-v3-nsmc-scratch"
-        else:
-            args.model = random_weight_model(Path(tempfile.gettempdir()) / "koelectra-small-v3-random")
-            model_kind = "KoELECTRA-Small-v3 config, random weights"
+        args.model, model_kind = default_model()
     else:
         model_kind = str(args.model)
     if args.data is None:
-        args.data = NSMC_TEST if NSMC_TEST.is_file() else SAMPLE
+        args.data = default_data()
     data_kind = f"{args.data.name}" + (" (NSMC test)" if args.data == NSMC_TEST else "")
     # Two fresh engine caches: one for the in-memory parts, one that the Kafka worker starts cold on.
     memory_cache = Path(tempfile.mkdtemp(prefix="bench-engines-"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -41,9 +40,8 @@ def main() -> int:
     args = parser.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.env)
 
-    model = bench.STAND_IN if bench.STAND_IN.is_dir() else bench.random_weight_model(
-        Path(tempfile.gettempdir()) / "koelectra-small-v3-random")
-    data = bench.NSMC_TEST if bench.NSMC_TEST.is_file() else bench.SAMPLE
+    model, _ = bench.default_model()
+    data = bench.default_data()
     bootstrap, started_broker = bench.start_own_broker()
     run_id = uuid.uuid4().hex[:8]
     topics = {"in": f"soak-in-{run_id}", "out": f"soak-out-{run_id}", "dlq": f"soak-dlq-{run_id}"}
@@ -61,7 +59,7 @@ def main() -> int:
             worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], cwd=bench.ROOT, env=env,
                                       stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         samples = sample_until_done(args, worker, port)
-        info = model_info(port)
+        info = bench.model_info(bench.scrape(port))
     finally:
         if worker is not None:
             bench.stop_worker(worker)
@@ -107,12 +105,6 @@ def sample_until_done(args: argparse.Namespace, worker: subprocess.Popen, port: 
             return samples
         time.sleep(args.interval)
     raise RuntimeError(f"timed out with {samples[-1]['results'] if samples else 0} of {args.messages} results")
-
-
-def model_info(port: int) -> dict[str, str]:
-    values = bench.scrape(port)
-    return {m.group(1): m.group(2) for k in values if k.startswith("worker_model_info{")
-            for m in re.finditer(r'(\w+)="([^"]*)"', k)}
 
 
 def summarize(samples: list[dict[str, Any]], warm_up: int) -> dict[str, Any]:
