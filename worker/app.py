@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from worker.backpressure import Backpressure
 from worker.batching import Batcher
-from worker.errors import FatalError
+from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
 from worker.inference import Classified, Entry, InferenceStage, ModelBroken
 from worker.kafka_io import (
     ClientError,
@@ -45,7 +45,7 @@ from worker.routing import check_labels
 from worker.settings import Settings
 from worker.stages import prepare
 from worker.throttle import Throttle
-from worker.watchdog import Overrun, Watchdog, exit_line, hard_exit
+from worker.watchdog import Overrun, Watchdog, default_on_overrun
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ BUSY_WAIT_S = 0.005
 # A text every sentiment model classifies: when the model raises for some texts, it is tried
 # once more on this one, to tell a broken model from texts the model cannot take.
 CANARY_TEXT = "이 영화 정말 재밌다!"
-EXIT_CLEAN, EXIT_UNFINISHED, EXIT_FATAL = 0, 3, 4
 FATAL_STOP_S = 10.0
 
 
@@ -73,8 +72,7 @@ def overrun_handler(health: Health, metrics: WorkerMetrics) -> Callable[[Overrun
             health.block("stuck_call", overrun.describe())
             metrics.blocked.labels(reason="stuck_call").set(1)
         metrics.ready.set(0)
-        log.critical("%s; exiting so that a fresh process takes over", overrun.describe())
-        hard_exit(overrun.exit_code, exit_line(overrun.exit_code, overrun.describe()))
+        default_on_overrun(overrun)
 
     return on_overrun
 
@@ -185,8 +183,9 @@ class Worker:
             self._dispatch()
         self._publish(stage.take())
         self.publisher.step()
-        self.backpressure.update(len(self.tracker))
-        self.metrics.in_flight.set(len(self.tracker))
+        in_flight = len(self.tracker)
+        self.backpressure.update(in_flight)
+        self.metrics.in_flight.set(in_flight)
 
     def _raise_if_fatal(self) -> None:
         if self._pending_fatal is not None:
@@ -228,7 +227,6 @@ class Worker:
                 self.batcher.add(entry, None)
             if self.batcher.is_full():
                 self._dispatch()
-        self.metrics.in_flight.set(len(self.tracker))
 
     def _dispatch(self) -> None:
         if len(self.batcher) == 0:
@@ -357,7 +355,7 @@ class Worker:
             more = f" ({left_out} more like it)" if left_out else ""
             if error.kind == ErrorKind.ACCESS:
                 log.error("the cluster refuses the worker: %s%s; exiting in %.0f s unless it recovers", error, more,
-                          self.settings.access_failure_timeout_s - (self._clock() - (self._access_since or self._clock())))
+                          self.settings.access_failure_timeout_s - (self._clock() - self._access_since))
             else:
                 log.warning("kafka: %s%s", error, more)
 

@@ -32,7 +32,7 @@ class Backpressure:
             self._port.resume(self._port.assignment())
 
     def on_assigned(self, partitions: Sequence[Partition]) -> None:
-        if self.paused or self.frozen:
+        if self.paused:  # freeze() pauses too
             self._port.pause(list(partitions))
 
     def freeze(self) -> None:

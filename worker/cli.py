@@ -108,7 +108,8 @@ class SignalWatcher:
 
 
 def cmd_run(settings: Settings) -> int:
-    from worker.app import EXIT_FATAL, Worker, overrun_handler
+    from worker.app import Worker, overrun_handler
+    from worker.errors import EXIT_FATAL, EXIT_UNFINISHED
     from worker.metrics import Health, MetricsServer, WorkerMetrics
     from worker.watchdog import Watchdog, exit_line, hard_exit
 
@@ -128,7 +129,7 @@ def cmd_run(settings: Settings) -> int:
         stopped.set()
         worker.request_stop()
         # The structured shutdown keeps to WORKER_SHUTDOWN_TIMEOUT_S; this is the backstop.
-        watchdog.arm_exit(time.monotonic() + settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S, "the shutdown", 3)
+        watchdog.arm_exit(time.monotonic() + settings.shutdown_timeout_s + SHUTDOWN_MARGIN_S, "the shutdown", EXIT_UNFINISHED)
 
     def second_signal() -> None:
         log.warning("second signal: exiting now")
@@ -146,8 +147,7 @@ def cmd_run(settings: Settings) -> int:
     freeze_startup_heap()
     metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
-    candidate = Worker(settings, classifier, metrics, health, watchdog=watchdog)
-    worker = candidate
+    worker = Worker(settings, classifier, metrics, health, watchdog=watchdog)
     clean = worker.run()
     log.info("stopped", extra={"fields": {"clean": clean, "exit_code": worker.exit_code}})
     fatal = worker.fatal

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+# Process exit codes (README "exit codes"): 2 is settings or model loading, before the loop starts.
+EXIT_CLEAN, EXIT_UNFINISHED, EXIT_FATAL = 0, 3, 4
+
+
 class WorkerError(Exception):
     """Base of every error the worker raises on purpose."""
 

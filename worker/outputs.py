@@ -8,6 +8,7 @@ sizes, dead letters) is :mod:`worker.stages`' and :mod:`worker.records`'.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Sequence
 
 from worker.inference import Entry
@@ -82,7 +83,7 @@ class Renderer:
             self._budget = min([self.max_message_bytes, *(self.max_record_bytes(t) for t in topics)])
         return self._budget
 
-    @property
+    @cached_property  # read for every record; the routes never change
     def route_reserve(self) -> int:
         return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.routes), default=0)
 

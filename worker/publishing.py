@@ -33,6 +33,8 @@ TXN_CALL_TIMEOUT_S = 10.0
 TXN_RETRY_LIMIT_S = 60.0
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 QUEUE_FULL_WAIT_S = 0.05
+# Delivery failures that say nothing about the record itself: it is produced again, never dead-lettered.
+REDO_KINDS = frozenset({ErrorKind.TIMED_OUT, ErrorKind.RETRIABLE, ErrorKind.PURGED})
 
 
 class Pipeline(Protocol):
@@ -158,7 +160,7 @@ class AtLeastOncePublisher(_Producing):
                 delivery.pending -= 1
                 if delivery.pending == 0:
                     self._pipeline.done(delivery)
-            elif error.kind in (ErrorKind.TIMED_OUT, ErrorKind.RETRIABLE, ErrorKind.PURGED):
+            elif error.kind in REDO_KINDS:
                 self._replay_after(error, delivery)
             else:
                 self._refused(delivery, index, error)
@@ -328,7 +330,7 @@ class TransactionalPublisher(_Producing):
         """What the delivery reports of the failed transaction say about its records."""
         self._port.serve(0)
         for (tag, delivery, index), error in self._port.take_reports():
-            if tag != self._tag or error is None or error.kind in (ErrorKind.PURGED, ErrorKind.TIMED_OUT, ErrorKind.RETRIABLE):
+            if tag != self._tag or error is None or error.kind in REDO_KINDS:
                 continue
             # Raises FatalError when no replacement is possible (the topic, not the record, is the problem).
             replacement = self._replacement(delivery, index, error)

@@ -358,10 +358,6 @@ def pass_through_headers(headers: Iterable[tuple[Any, Any]] | None) -> Headers:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _json(obj: Any) -> str:
-    return _ENCODER.encode(obj)
-
-
 def _json_bytes(obj: Any) -> bytes:
     return _ENCODER.encode(obj).encode("utf-8")
 
@@ -477,8 +473,11 @@ def render_result(
         small["latency_ms"] = latency_ms(record, now_ms)
     if "classified_at" in fields:
         small["classified_at"] = _utc(now_ms)
-    text_json = _json_bytes(comment.text) if "text" in fields or comment.raw_json is None else None
-    input_json = (comment.raw_json if comment.raw_json is not None else text_json) if "input" in fields else None
+    # The text is encoded once: for the "text" field, and as the echo of plain-text input; lean
+    # results (neither field) skip it, whatever the text's size.
+    echo_text = "input" in fields and comment.raw_json is None
+    text_json = _json_bytes(comment.text) if "text" in fields or echo_text else None
+    input_json = (text_json if echo_text else comment.raw_json) if "input" in fields else None
     if "text" not in fields:
         text_json = None
     value = _assemble(input_json, text_json, small)

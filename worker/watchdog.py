@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from worker.errors import EXIT_FATAL
+
 log = logging.getLogger(__name__)
 
 # A call is given this much longer than the timeout it was asked to honour before the watchdog acts:
@@ -78,7 +80,7 @@ class Watchdog:
         self._stop.set()
 
     @contextmanager
-    def call(self, name: str, timeout_s: float, exit_code: int = 4) -> Iterator[None]:
+    def call(self, name: str, timeout_s: float, exit_code: int = EXIT_FATAL) -> Iterator[None]:
         """Run the ``with`` body as a watched call that must end within ``timeout_s`` (+ grace)."""
         started = self._clock()
         ident = next(self._ids)
@@ -123,7 +125,7 @@ def default_on_overrun(overrun: Overrun) -> None:
 
 def exit_line(code: int, reason: str) -> str:
     """The last line the process writes: ``worker: fatal: ...`` for exit code 4."""
-    return f"worker: fatal: {reason}" if code == 4 else f"worker: stopped (exit {code}): {reason}"
+    return f"worker: fatal: {reason}" if code == EXIT_FATAL else f"worker: stopped (exit {code}): {reason}"
 
 
 def hard_exit(code: int, last_line: str | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from worker.errors import EXIT_UNFINISHED
 from worker.kafka_io.errors import classify, from_exception
 from worker.kafka_io.port import (
     ClientError,
@@ -266,7 +267,7 @@ class KafkaClients:
             self._producer.poll(0)  # serves error_cb: refused credentials are reported there
             self._events.on_wait()
 
-    def close(self, timeout_s: float, exit_code: int = 3) -> None:
+    def close(self, timeout_s: float, exit_code: int = EXIT_UNFINISHED) -> None:
         """Leave the group (after the revoke callback) within ``timeout_s``; the watchdog enforces it."""
         consumer, self._consumer = self._consumer, None
         if consumer is None:
@@ -391,7 +392,7 @@ class KafkaClients:
     def flush(self, timeout_s: float) -> int:
         """Wait for outstanding deliveries; returns how many are still undelivered."""
         try:
-            with self._watchdog.call("producer.flush", timeout_s, exit_code=3):
+            with self._watchdog.call("producer.flush", timeout_s, exit_code=EXIT_UNFINISHED):
                 return self._producer.flush(max(0.0, timeout_s))
         except KafkaException as exc:
             raise KafkaCallError("producer.flush", from_exception(exc)) from None

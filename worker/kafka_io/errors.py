@@ -39,7 +39,6 @@ ACCESS = _codes(
 FENCED = _codes("_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "TRANSACTIONAL_ID_NOT_FOUND")
 # Errors that librdkafka keeps retrying by itself; they say the cluster is unreachable for now.
 CONNECTIVITY = _codes("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE")
-CONNECTIVITY_NAMES = frozenset(KafkaError(code).name() for code in CONNECTIVITY)
 
 
 def classify(error: Any) -> ClientError:
@@ -79,7 +78,3 @@ def from_exception(exc: BaseException) -> ClientError:
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return classify(exc.args[0])
     return ClientError(code=type(exc).__name__, message=str(exc), kind=ErrorKind.OTHER)
-
-
-def is_connectivity(error: ClientError) -> bool:
-    return error.code in CONNECTIVITY_NAMES

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from worker.errors import WorkerError
+from worker.errors import EXIT_UNFINISHED, WorkerError
 from worker.records import Headers, InputRecord
 
 Partition = tuple[str, int]
@@ -98,7 +98,7 @@ class KafkaPort(Protocol):
 
     def start(self, destination_topics: Sequence[str] = ()) -> None: ...
 
-    def close(self, timeout_s: float, exit_code: int = 3) -> None:
+    def close(self, timeout_s: float, exit_code: int = EXIT_UNFINISHED) -> None:
         """Leave the group within ``timeout_s``, or the watchdog ends the process with ``exit_code``."""
         ...
 
