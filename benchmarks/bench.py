@@ -613,11 +613,12 @@ def offer_load(args: argparse.Namespace, bootstrap: str, port: int, reader: Outp
     latency_rows = [(at, key, field) for at, key, field in reader.snapshot() if key in sent]
     warm = int(0.05 * len(latency_rows))  # the first 5 % settle the loop into the new rate
     measured = latency_rows[warm:]
-    field_ms = [stamp - 1000 * sent[key] for _, key, stamp in measured if stamp is not None]
-    # When the slowest results were offered (seconds into the run): one cluster means a stall of the
-    # machine or the broker, spread-out ones the loop itself.
-    slowest = sorted(((stamp - 1000 * sent[key], sent[key] - started) for _, key, stamp in measured
-                      if stamp is not None), reverse=True)[: max(1, len(field_ms) // 100)]
+    # (latency ms, seconds into the run it was offered at)
+    timed = [(stamp - 1000 * sent[key], sent[key] - started) for _, key, stamp in measured if stamp is not None]
+    field_ms = [ms for ms, _ in timed]
+    # When the slowest results were offered: one cluster means a stall of the machine or the broker,
+    # spread-out ones the loop itself.
+    slowest = sorted(timed, reverse=True)[: max(1, len(timed) // 100)]
     received_ms = [1000 * (at - sent[key]) for at, key, _ in measured]
     d = {name: metric(after, name) - metric(before, name) for name in (
         "worker_inference_duration_seconds_sum", "worker_inference_duration_seconds_count",

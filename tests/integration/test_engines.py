@@ -12,7 +12,6 @@ float32 torch, and /metrics names the candidates that failed the check.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from tests.conftest import build_tiny_model
 from tests.kafka_helpers import (
     consume_all,
+    free_port,
     produce,
     running_worker,
     start_worker_process,
@@ -95,12 +95,6 @@ def test_worker_with_engine_gives_the_torch_results(candidate, kafka_bootstrap, 
         assert [value["probabilities"][label] for label in ("negative", "positive")] == pytest.approx(want, abs=tolerance)
         if abs(want[1] - 0.5) > tolerance:
             assert value["label"] == ("positive" if want[1] > 0.5 else "negative")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_auto_started_as_a_process_keeps_float32_where_reduced_precision_changes_labels(
