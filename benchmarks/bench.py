@@ -101,10 +101,10 @@ def machine_info() -> dict[str, Any]:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 0
-    from worker.engines import LIBRARIES
     from worker.engines.cache import library_versions
+    from worker.engines.device import cpu_supports_bf16
+    from worker.engines.loading import LIBRARIES
     from worker.engines.selection import machine
-    from worker.model import cpu_supports_bf16
 
     return {
         "cpu": cpu,
@@ -139,12 +139,12 @@ def bench_pipeline(model: Path, texts: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- part 2
 def bench_engines(model: Path, data: Path, cache_dir: Path, memory_texts: int) -> dict[str, Any]:
     """Every installed engine and precision in memory, each in its own process: speed per window size, RSS."""
-    from worker.engines import AUTO_PRECISIONS, unavailable
+    from worker.engines.registry import ENGINES, unavailable
     from worker.engines.selection import Candidate
 
     results: dict[str, Any] = {}
-    for engine, precisions in AUTO_PRECISIONS.items():
-        for precision in precisions:
+    for engine, spec in ENGINES.items():
+        for precision in spec.precisions:
             name = f"{engine}/{precision}"
             why = unavailable(Candidate(engine, precision))
             if why:
@@ -171,8 +171,8 @@ def bench_in_memory(settings: Any, texts: list[str]) -> dict[str, Any]:
     import torch
 
     from worker.batching import Batcher
-    from worker.cli import load_classifier
-    from worker.model import classify_encoded, to_prediction
+    from worker.engines.base import classify_encoded, to_prediction
+    from worker.engines.loading import load_classifier
 
     classifier = load_classifier(settings)
     classifier.warm_up()

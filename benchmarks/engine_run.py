@@ -48,9 +48,9 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from worker.engines import load_classifier
+    from worker.engines.base import classify_encoded
+    from worker.engines.loading import load_classifier
     from worker.evaluation import read_nsmc
-    from worker.model import classify_encoded
     from worker.settings import load_settings
 
     overrides = {"model": args.model, "engine": args.engine, "dtype": args.dtype, "compile": "off"}

@@ -68,7 +68,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_model_dir: Path):
-    from worker.model import HFClassifier
+    from worker.engines.torch_engine import HFClassifier
 
     return HFClassifier.load(str(tiny_model_dir), device="cpu", dtype="float32", threads=2)
 

@@ -37,7 +37,7 @@ from worker.kafka_io import (
     PartitionProgress,
 )
 from worker.metrics import Health, WorkerMetrics
-from worker.model import Classifier, Encoding
+from worker.engines.base import Classifier, Encoding
 from worker.outputs import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
 from worker.publishing import fatal_for, make_publisher
 from worker.records import InputRecord

@@ -13,10 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from worker.engines.loading import load_classifier
 from worker.errors import WorkerError
 from worker.evaluation import DEFAULT_REVIEW_BELOW, DEFAULT_THRESHOLDS
+from worker.logs import configure_logging
 from worker.settings import Settings, load_settings
 
 log = logging.getLogger("worker")
@@ -31,51 +33,6 @@ SEED_SENTENCES = (
     "배우들 연기력이 대단하다",
     "시간 낭비했다 다신 안 봄",
 )
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = getattr(record, "fields", None)
-        return f"{line} {json.dumps(fields, ensure_ascii=False, default=str)}" if fields else line
-
-
-def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("transformers", "httpx", "urllib3", "filelock", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    # librdkafka repeats a failing connection's error on every retry: say each kind once per 10 s.
-    from worker.throttle import ThrottleFilter
-
-    librdkafka = logging.getLogger("librdkafka")
-    librdkafka.filters[:] = [ThrottleFilter(10.0)]
-
-
-def load_classifier(settings: Settings) -> Any:
-    """The one place the worker builds its classifier: engine, precision and device from the settings (worker.engines)."""
-    from worker.engines import load_classifier as build
-
-    return build(settings)
 
 
 class SignalWatcher:
@@ -176,7 +133,8 @@ def freeze_startup_heap() -> None:
 
 
 def cmd_classify(settings: Settings, texts: Sequence[str], as_json: bool) -> int:
-    from worker.model import KOREAN_LABELS, classify_encoded, to_prediction
+    from worker.engines.base import classify_encoded, to_prediction
+    from worker.engines.labels import KOREAN_LABELS
 
     classifier = load_classifier(settings)
     texts = list(texts) or list(SEED_SENTENCES)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from worker.model import Classifier, classify_encoded
+from worker.engines.base import Classifier, classify_encoded
 
 
 def read_nsmc_rows(path: Path, limit: int | None = None) -> list[tuple[str, str, int]]:

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from worker.model import Classifier, Encoding
+from worker.engines.base import Classifier, Encoding
 from worker.records import (
     ENCODE_ERROR,
     INFERENCE_ERROR,

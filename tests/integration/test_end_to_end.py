@@ -20,7 +20,7 @@ from tests.kafka_helpers import (
     worker_settings,
 )
 from worker.metrics import WorkerMetrics
-from worker.model import classify_encoded
+from worker.engines.base import classify_encoded
 
 pytestmark = pytest.mark.integration
 

@@ -28,11 +28,12 @@ from tests.kafka_helpers import (
     worker_env,
     worker_settings,
 )
-from worker.cli import load_classifier
-from worker.engines import SUPPORTED_PRECISIONS, unavailable
+from worker.engines.base import classify_encoded
+from worker.engines.loading import load_classifier
+from worker.engines.registry import ENGINES, unavailable
 from worker.engines.selection import Candidate
+from worker.engines.torch_engine import HFClassifier
 from worker.metrics import WorkerMetrics
-from worker.model import HFClassifier, classify_encoded
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 0.02, "int8": 0.1}  # measured: tests/
 INSTALLED = [
     Candidate(engine, precision)
     for engine in ("torch", "onnxruntime", "openvino")
-    for precision in SUPPORTED_PRECISIONS[engine]
+    for precision in ENGINES[engine].supported
     if precision != "float16" and unavailable(Candidate(engine, precision)) is None
 ]
 

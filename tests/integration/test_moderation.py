@@ -23,7 +23,7 @@ COUNT = 600
 def thresholds(classifier, texts):
     """A label and thresholds in the middle of this model's score range, so each rule picks a real subset
     (the tests' tiny random model is not a sentiment model: its scores sit close together)."""
-    from worker.model import classify_encoded, to_prediction
+    from worker.engines.base import classify_encoded, to_prediction
 
     encodings = classifier.encode(texts)
     probabilities = classify_encoded(classifier, encodings, 4096).probabilities

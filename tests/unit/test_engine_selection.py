@@ -21,7 +21,7 @@ from worker.engines.selection import (
     choose,
     measure,
 )
-from worker.model import Encoding
+from worker.engines.base import Encoding
 
 ORT_INT8 = Candidate("onnxruntime", "int8")
 OV_BF16 = Candidate("openvino", "bfloat16")

@@ -16,25 +16,20 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NSMC_SAMPLE, build_tiny_model
-from worker.engines import (
-    SUPPORTED_PRECISIONS,
-    build,
-    candidates,
-    load_classifier,
-    onnxruntime_engine,
-    openvino_engine,
-)
-from worker.engines import base as engines_base
-from worker.engines import selection as selection_module
+from worker.engines import export as engines_export
+from worker.engines import loading, onnxruntime_engine
+from worker.engines.base import classify_encoded
 from worker.engines.cache import EngineCache
+from worker.engines.loading import load_classifier
+from worker.engines.registry import ENGINES, build
 from worker.engines.selection import Candidate
+from worker.engines.source import ModelSource
 from worker.errors import ModelLoadError
 from worker.evaluation import read_nsmc
-from worker.model import ModelSource, classify_encoded
 from worker.settings import load_settings
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 0.02, "int8": 0.1}
-EXPORTED = [Candidate(e, p) for e in ("onnxruntime", "openvino") for p in SUPPORTED_PRECISIONS[e]]
+EXPORTED = [Candidate(e, p) for e in ("onnxruntime", "openvino") for p in ENGINES[e].supported]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +97,7 @@ def test_exports_are_cached_and_reused(source, tmp_path, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cache has it")
 
-    monkeypatch.setattr(engines_base, "export_onnx", no_export)
+    monkeypatch.setattr(engines_export, "export_onnx", no_export)
     monkeypatch.setattr(ModelSource, "load_torch", no_export)
     build(Candidate("onnxruntime", "int8"), source, 2, cache)
     build(Candidate("openvino", "bfloat16"), source, 2, cache)
@@ -158,42 +153,16 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_directory(source, tmp_pat
     assert path.is_file() and not str(path).startswith(str(blocker))
 
 
-# --------------------------------------------------------------------------- settings → candidates
-def test_auto_lists_every_installed_engine_and_precision():
-    listed = candidates("auto", "auto")
-    assert Candidate("torch", "float32") in listed and Candidate("torch", "bfloat16") in listed
-    assert Candidate("onnxruntime", "int8") in listed and Candidate("openvino", "bfloat16") in listed
-    assert Candidate("torch", "float16") not in listed  # only when asked for
-    assert candidates("auto", "int8") == [Candidate("onnxruntime", "int8"), Candidate("openvino", "int8")]
-    assert candidates("torch", "float16") == [Candidate("torch", "float16")]
-
-
-def test_a_precision_the_engine_lacks_is_a_clear_error():
-    with pytest.raises(ModelLoadError, match="WORKER_DTYPE=int8 is not supported by WORKER_ENGINE=torch"):
-        candidates("torch", "int8")
-    with pytest.raises(ModelLoadError, match="WORKER_DTYPE=bfloat16 is not supported by WORKER_ENGINE=onnxruntime"):
-        candidates("onnxruntime", "bfloat16")
-
-
-def test_an_engine_that_is_not_installed(monkeypatch):
-    monkeypatch.setattr(openvino_engine, "missing", lambda precision=None: "openvino is not installed (pip install x)")
-    with pytest.raises(ModelLoadError, match="WORKER_ENGINE=openvino: openvino is not installed"):
-        candidates("openvino", "auto")
-    assert all(c.engine != "openvino" for c in candidates("auto", "auto"))
-
-
+# --------------------------------------------------------------------------- load_classifier
 def test_cuda_is_torch_only(monkeypatch, spread_model_dir):
-    import worker.engines as engines
-
-    monkeypatch.setattr(engines, "cuda_possible", lambda: True)
-    monkeypatch.setattr(engines, "resolve_device", lambda requested: "cuda")
+    monkeypatch.setattr(loading, "cuda_possible", lambda: True)
+    monkeypatch.setattr(loading, "resolve_device", lambda requested: "cuda")
     with pytest.raises(ModelLoadError, match="runs on the CPU only"):
         load_classifier(load_settings(model=str(spread_model_dir), engine="onnxruntime"))
 
 
-# --------------------------------------------------------------------------- load_classifier
 def test_one_candidate_is_loaded_without_measuring(spread_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(selection_module, "measure", None)  # calling it would fail
+    monkeypatch.setattr(loading, "measure", None)  # calling it would fail
     classifier = load_classifier(load_settings(
         model=str(spread_model_dir), engine="onnxruntime", dtype="int8", engine_cache_dir=str(tmp_path)))
     assert (classifier.info["engine"], classifier.info["precision"], classifier.info["selection"]) == (
@@ -201,8 +170,6 @@ def test_one_candidate_is_loaded_without_measuring(spread_model_dir, tmp_path, m
 
 
 def test_auto_measures_once_then_reuses_the_measurement(spread_model_dir, tmp_path, monkeypatch):
-    import worker.engines as engines
-
     settings = load_settings(model=str(spread_model_dir), dtype="float32", engine_cache_dir=str(tmp_path))
     first = load_classifier(settings, prepare_in_child=False)
     assert first.info["selection"] == "measured"
@@ -216,7 +183,7 @@ def test_auto_measures_once_then_reuses_the_measurement(spread_model_dir, tmp_pa
     assert list(tmp_path.glob("selection-*.json"))
 
     calls = []
-    monkeypatch.setattr(engines, "measure", lambda *a, **k: calls.append(1) or [])
+    monkeypatch.setattr(loading, "measure", lambda *a, **k: calls.append(1) or [])
     second = load_classifier(settings, prepare_in_child=False)
     assert not calls and second.info["selection"] == "cached"
     assert second.selection.chosen == report.chosen and second.info["engine"] == report.chosen.engine
@@ -250,7 +217,7 @@ def test_metrics_describe_the_choice(spread_model_dir, tmp_path):
 
 PREPARED_START = """
 import json, sys
-from worker.engines import load_classifier
+from worker.engines.loading import load_classifier
 from worker.settings import load_settings
 classifier = load_classifier(load_settings(model=sys.argv[1], engine=sys.argv[2], dtype=sys.argv[3], engine_cache_dir=sys.argv[4]))
 classifier.warm_up()
@@ -294,7 +261,7 @@ def test_the_tokenizer_snapshot_gives_the_same_ids_as_transformers(source, tmp_p
 def test_memory_bounds_leave_an_operators_setting_alone(monkeypatch):
     import os
 
-    from worker.engines import ONEDNN_PRIMITIVE_CACHE, bound_memory
+    from worker.engines.memory import ONEDNN_PRIMITIVE_CACHE, bound_memory
 
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
     bound_memory()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.strict_json import node_available, node_rejects, strict_json
 from worker import records as r
-from worker.model import classify_encoded, to_prediction
+from worker.engines.base import classify_encoded, to_prediction
 from worker.records import InputRecord, Prediction
 from worker.settings import LEAN_FIELDS, RESULT_FIELDS
 from worker.stages import prepare, render

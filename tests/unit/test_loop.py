@@ -28,7 +28,7 @@ from worker.app import EXIT_FATAL, EXIT_UNFINISHED, Worker
 from worker.inference import classify_isolating
 from worker.kafka_io import OffsetTracker, PartitionEpochs, PartitionProgress
 from worker.metrics import Health, WorkerMetrics
-from worker.model import Encoding
+from worker.engines.base import Encoding
 from worker.settings import Settings
 from worker.watchdog import Watchdog
 

@@ -153,7 +153,7 @@ def test_health_endpoints():
 def test_json_logs_mask_nothing_secret(capsys, monkeypatch):
     import logging
 
-    from worker.cli import configure_logging
+    from worker.logs import configure_logging
     from worker.settings import load_settings
 
     monkeypatch.setenv("WORKER_KAFKA_SASL_PASSWORD", "hunter2")

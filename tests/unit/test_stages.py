@@ -6,7 +6,7 @@ import pytest
 
 from tests.strict_json import strict_json
 from worker import records as r
-from worker.model import Encoding, classify_encoded, to_prediction
+from worker.engines.base import Encoding, classify_encoded, to_prediction
 from worker.records import Comment, InputRecord, Prediction, Rejection
 from worker.stages import Prepared, prepare, render, tokenize
 

@@ -1,20 +1,93 @@
-"""What the exported engines share: the checkpoint's tokenizer side, padding, softmax, warm-up; and the ONNX export."""
+"""What every engine is to the rest of the worker: the :class:`Classifier` protocol and the code around it.
+
+The loop, the evaluation and the command line talk to a :class:`Classifier` (so tests can pass a
+fake and nothing outside ``worker.engines`` touches torch); :func:`classify_encoded` sends encoded
+texts through one in length-sorted sub-batches. :class:`ExportedClassifier` is the shared half of
+the engines that run an exported model on numpy batches (ONNX Runtime, OpenVINO).
+"""
 
 from __future__ import annotations
 
-import logging
-import time
-import warnings
-from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from worker.engines.cache import EngineCache, library_versions
-from worker.model import Encoding, ModelSource, softmax, warm_up_shapes
+from worker.batching import padding_efficiency, plan_sub_batches
+from worker.records import Prediction
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from worker.engines.source import ModelSource
 
-ONNX_FILE = "model.onnx"
-ONNX_INPUTS = ("input_ids", "attention_mask")
+
+@dataclass(frozen=True)
+class Encoding:
+    """Token ids of one text, with special tokens, already cut to the model's limit."""
+
+    ids: list[int]
+    truncated: bool
+
+
+class Classifier(Protocol):
+    labels: list[str]
+    info: dict[str, str]
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]: ...
+
+    def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Class probabilities for each id sequence; the caller keeps batches length-homogeneous."""
+        ...
+
+    def warm_up(self) -> None:
+        """Make the first real batch as fast as the rest (run once before serving)."""
+        ...
+
+
+def to_prediction(probabilities: Sequence[float], labels: Sequence[str], encoding: Encoding) -> Prediction:
+    best = max(range(len(probabilities)), key=probabilities.__getitem__)
+    return Prediction(
+        label=labels[best],
+        score=float(probabilities[best]),
+        probabilities={label: float(p) for label, p in zip(labels, probabilities)},
+        truncated=encoding.truncated,
+        tokens=len(encoding.ids),
+    )
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    probabilities: list[list[float]]
+    real_tokens: int
+    padded_tokens: int
+    passes: int
+
+
+def classify_encoded(classifier: Classifier, encodings: Sequence[Encoding], sub_batch_max_tokens: int) -> BatchOutcome:
+    """Length-sorted sub-batches through the classifier; results in input order."""
+    lengths = [len(e.ids) for e in encodings]
+    plan = plan_sub_batches(lengths, sub_batch_max_tokens)
+    results: list[list[float]] = [[] for _ in encodings]
+    for group in plan:
+        for index, probs in zip(group, classifier.predict([encodings[i].ids for i in group])):
+            results[index] = probs
+    real, padded = padding_efficiency(lengths, plan)
+    return BatchOutcome(results, real, padded, len(plan))
+
+
+def softmax(logits: Any) -> list[list[float]]:
+    """Row-wise softmax of a numpy array of logits, in float32 whatever the engine computed in."""
+    import numpy as np
+
+    values = np.asarray(logits, dtype=np.float32)
+    values = np.exp(values - values.max(axis=-1, keepdims=True))
+    return (values / values.sum(axis=-1, keepdims=True)).tolist()
+
+
+def warm_up_shapes(classifier: Classifier) -> None:
+    """One row and several rows, short and long, once each: lazy initialisation happens here, not in the first batch.
+
+    With torch.compile's dynamic shapes these are also the specialisations it makes (a size of 1 is its own case).
+    """
+    for text, rows in (("워밍업", 1), ("워밍업", 8), ("워밍업 " * 40, 1), ("워밍업 " * 40, 8)):
+        classify_encoded(classifier, classifier.encode([text] * rows), 4096)
 
 
 class ExportedClassifier:
@@ -37,47 +110,3 @@ class ExportedClassifier:
 
     def warm_up(self) -> None:
         warm_up_shapes(self)
-
-
-def export_onnx(source: ModelSource, directory: Path) -> None:
-    """``torch.onnx.export`` of the float32 model with dynamic batch and sequence axes, into ``directory/model.onnx``.
-
-    The TorchScript exporter (``dynamo=False``): on the stand-in it gives the same graph quality as the
-    dynamo exporter (ONNX Runtime speed within noise, outputs equal to 1e-6) in ~1.5 s instead of ~19 s
-    of start-up on 2 vCPUs, and it needs no onnxscript.
-    """
-    import torch
-
-    started = time.perf_counter()
-    log.info("exporting the model to ONNX (once per checkpoint and library versions)", extra={"fields": {"model": source.model}})
-    network = source.load_torch("cpu", "float32")
-    example = torch.tensor([[2, 1000, 1001, 3], [2, 1002, 3, 0]], dtype=torch.int64)
-    mask = (example != 0).to(torch.int64)
-    mask[0] = 1
-    axes = {0: "batch", 1: "sequence"}
-    # The exporter warns about the legacy path and about shape checks it traces as constants
-    # (transformers' mask code compares lengths that are always equal here): expected, not news.
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            network,
-            (example, mask),
-            str(directory / ONNX_FILE),
-            input_names=list(ONNX_INPUTS),
-            output_names=["logits"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    del network
-    log.info("exported to ONNX", extra={"fields": {"export_s": round(time.perf_counter() - started, 1)}})
-
-
-def onnx_name(source: ModelSource, cache: EngineCache) -> str:
-    return cache.artifact_name(source, "onnx-float32", library_versions("torch", "transformers"))
-
-
-def onnx_export(source: ModelSource, cache: EngineCache) -> Path:
-    """The float32 ONNX graph of ``source`` in the cache, exported on first use (ONNX Runtime runs it, OpenVINO converts it)."""
-    directory = cache.get_or_build(onnx_name(source, cache), lambda tmp: export_onnx(source, tmp), "ONNX export")
-    return directory / ONNX_FILE

@@ -22,9 +22,10 @@ import tempfile
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from worker.model import ModelSource
+if TYPE_CHECKING:
+    from worker.engines.source import ModelSource
 
 log = logging.getLogger(__name__)
 

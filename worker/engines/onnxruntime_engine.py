@@ -1,6 +1,6 @@
 """ONNX Runtime on the CPU: the exported float32 graph, or its int8 dynamic quantization.
 
-Export with ``torch.onnx.export`` (``base.export_onnx``), quantize with ONNX Runtime's own
+Export with ``torch.onnx.export`` (``export.export_onnx``), quantize with ONNX Runtime's own
 ``quantize_dynamic`` (int8 weights, activations quantized per batch at run time): no calibration
 set, about a second on 2 vCPUs.
 """
@@ -12,19 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.engines.base import ExportedClassifier, onnx_export, onnx_name
+from worker.engines.base import ExportedClassifier
 from worker.engines.cache import EngineCache, library_versions
-from worker.model import ModelSource
+from worker.engines.export import onnx_export, onnx_name
+from worker.engines.source import ModelSource
 
 log = logging.getLogger(__name__)
 
 NAME = "onnxruntime"
-PRECISIONS = ("float32", "int8")
 INT8_FILE = "model.int8.onnx"
 
 
-def missing() -> str | None:
-    """Why this engine cannot run here, or None."""
+def missing(precision: str | None = None) -> str | None:
+    """Why this engine cannot run here (at any precision), or None."""
     import importlib.util
 
     for module in ("onnxruntime", "onnx"):
@@ -95,3 +95,9 @@ class OnnxRuntimeClassifier(ExportedClassifier):
 
     def _logits(self, input_ids: Any, attention_mask: Any) -> Any:
         return self._session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+
+def build(source: ModelSource, precision: str, threads: int, cache: EngineCache, compile_mode: str,
+          device: str) -> OnnxRuntimeClassifier:
+    """The engine table's build hook (the table runs it on the CPU only; there is nothing to compile)."""
+    return OnnxRuntimeClassifier.load(source, precision, threads, cache)

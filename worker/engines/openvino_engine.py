@@ -15,15 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.engines.base import ExportedClassifier, onnx_export
+from worker.engines.base import ExportedClassifier
 from worker.engines.cache import EngineCache, library_versions
 from worker.engines.calibration import statistics_texts
-from worker.model import ModelSource
+from worker.engines.export import onnx_export
+from worker.engines.source import ModelSource
 
 log = logging.getLogger(__name__)
 
 NAME = "openvino"
-PRECISIONS = ("float32", "bfloat16", "int8")
 IR_FILE = "model.xml"
 _HINTS = {"float32": "f32", "bfloat16": "bf16"}
 # The CPU plugin keeps compiled kernels per input shape, 5,000 by default; batches come in
@@ -36,6 +36,7 @@ STATISTICS_BATCH = 8
 
 
 def missing(precision: str | None = None) -> str | None:
+    """Why this engine cannot run here at ``precision``, or None."""
     import importlib.util
 
     if importlib.util.find_spec("openvino") is None:
@@ -133,3 +134,9 @@ class OpenVinoClassifier(ExportedClassifier):
 
     def _logits(self, input_ids: Any, attention_mask: Any) -> Any:
         return self._request.infer({"input_ids": input_ids, "attention_mask": attention_mask})[self._output]
+
+
+def build(source: ModelSource, precision: str, threads: int, cache: EngineCache, compile_mode: str,
+          device: str) -> OpenVinoClassifier:
+    """The engine table's build hook (the table runs it on the CPU only; there is nothing to compile)."""
+    return OpenVinoClassifier.load(source, precision, threads, cache)

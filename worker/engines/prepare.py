@@ -1,6 +1,6 @@
 """``python -m worker.engines.prepare``: fill the engine cache for the model settings given as JSON on stdin.
 
-Run by :func:`worker.engines.load_classifier` in a child process, so that exporting, quantizing and
+Run by :func:`worker.engines.loading.load_classifier` in a child process, so that exporting, quantizing and
 measuring (which import torch and load every candidate) leave nothing behind in the worker. Exit
 status 0 when the cache now holds what the worker needs.
 """
@@ -13,8 +13,8 @@ import sys
 
 
 def main() -> int:
-    from worker.cli import configure_logging
-    from worker.engines import load_classifier
+    from worker.engines.loading import load_classifier
+    from worker.logs import configure_logging
     from worker.settings import load_settings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -19,9 +19,10 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-from worker.model import Classifier, Encoding, classify_encoded, usable_cpus
+from worker.engines.base import Classifier, Encoding, classify_encoded
+from worker.engines.device import usable_cpus
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,11 @@
+"""The torch engine on a tiny model (the tokenizer side, truncation, labels on disk, dtypes), and predictions from probabilities."""
+
 import pytest
 
+from worker.engines.base import Encoding, classify_encoded, to_prediction
+from worker.engines.device import resolve_dtype
+from worker.engines.torch_engine import HFClassifier
 from worker.errors import ModelLoadError
-from worker.model import Encoding, HFClassifier, classify_encoded, resolve_dtype, resolve_labels, to_prediction
 from tests.conftest import TOKENIZER_DIR, build_tiny_model
 
 
@@ -11,35 +15,6 @@ def test_tokenizer_gives_exact_koelectra_v3_ids():
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
     assert tokenizer("한국어 ELECTRA를 공유합니다.")["input_ids"] == [2, 11229, 29173, 13352, 25541, 4110, 7824, 17788, 18, 3]
     assert len(tokenizer) == 35000
-
-
-@pytest.mark.parametrize(
-    "id2label,expected",
-    [
-        ({0: "0", 1: "1"}, ["negative", "positive"]),
-        ({0: "LABEL_0", 1: "LABEL_1"}, ["negative", "positive"]),
-        ({0: "Neg", 1: "Pos"}, ["negative", "positive"]),
-        ({0: "Pos", 1: "Neg"}, ["positive", "negative"]),
-        ({0: "negative", 1: "positive"}, ["negative", "positive"]),
-        ({0: "부정", 1: "긍정"}, ["negative", "positive"]),
-        ({0: "bad", 1: "good"}, ["negative", "positive"]),
-    ],
-)
-def test_binary_label_names_are_normalised(id2label, expected):
-    assert resolve_labels(id2label) == expected
-
-
-def test_positive_index_override():
-    assert resolve_labels({0: "LABEL_0", 1: "LABEL_1"}, positive_index=0) == ["positive", "negative"]
-    assert resolve_labels({0: "Neg", 1: "Pos"}, positive_index=0) == ["positive", "negative"]
-
-
-def test_multiclass_keeps_names_and_override_checks_count():
-    labels = {0: "anger", 1: "joy", 2: "neutral"}
-    assert resolve_labels(labels) == ["anger", "joy", "neutral"]
-    assert resolve_labels(labels, override=["a", "b", "c"]) == ["a", "b", "c"]
-    with pytest.raises(ModelLoadError):
-        resolve_labels(labels, override=["a", "b"])
 
 
 def test_prediction_picks_argmax():
