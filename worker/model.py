@@ -17,7 +17,7 @@ from typing import Any, Protocol, Sequence
 
 from worker.batching import padding_efficiency, plan_sub_batches
 from worker.errors import ModelLoadError
-from worker.records import Prediction
+from worker.wire.types import Prediction
 
 log = logging.getLogger(__name__)
 
