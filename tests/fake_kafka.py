@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from worker.kafka_io import ClientError, ClientEvents, DeliveryReport, ErrorKind, KafkaCallError, Partition
-from worker.records import Headers, InputRecord
+from worker.wire.types import Headers, InputRecord
 
 PURGED = ClientError("_PURGE_QUEUE", "Local: Purged in queue", ErrorKind.PURGED)
 TIMED_OUT = ClientError("_MSG_TIMED_OUT", "Local: Message timed out", ErrorKind.TIMED_OUT)

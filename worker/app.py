@@ -40,12 +40,12 @@ from worker.metrics import Health, WorkerMetrics
 from worker.engines.base import Classifier, Encoding
 from worker.outputs import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
 from worker.publishing import fatal_for, make_publisher
-from worker.records import InputRecord
-from worker.routing import check_labels
 from worker.settings import Settings
 from worker.stages import prepare
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
+from worker.wire.routing import check_labels
+from worker.wire.types import InputRecord
 
 log = logging.getLogger(__name__)
 

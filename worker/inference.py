@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from worker.batching import Window
 from worker.errors import WorkerError
 from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
-from worker.records import INFERENCE_ERROR, Comment, InputRecord, Prediction, Rejection
+from worker.wire.types import INFERENCE_ERROR, Comment, InputRecord, Prediction, Rejection
 
 
 class ModelBroken(WorkerError):

@@ -2,7 +2,7 @@
 
 A :class:`Delivery` groups every message one input record produces; the record counts as done
 (its offset may be committed) once all of them are acknowledged. Rendering itself (strict JSON,
-sizes, dead letters) is :mod:`worker.stages`' and :mod:`worker.records`'.
+sizes, dead letters) is :mod:`worker.stages`' and :mod:`worker.wire`'.
 """
 
 from __future__ import annotations
@@ -12,17 +12,12 @@ from functools import cached_property
 from typing import Callable, Sequence
 
 from worker.inference import Entry
-from worker.records import (
-    Headers,
-    InputRecord,
-    Rejection,
-    header_size,
-    minimal_dead_letter,
-    render_dead_letter,
-)
-from worker.routing import ROUTE_HEADER, Route, matching
-from worker.settings import RESULT_FIELDS
 from worker.stages import render
+from worker.wire.dead_letters import minimal_dead_letter, render_dead_letter
+from worker.wire.results import RESULT_FIELDS
+from worker.wire.routing import ROUTE_HEADER, Route, matching
+from worker.wire.sizes import header_size
+from worker.wire.types import Headers, InputRecord, Rejection
 
 RESULT, ROUTED, DEAD_LETTER = "result", "routed", "dead_letter"
 

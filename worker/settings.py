@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings.exceptions import SettingsError
 
 from worker.errors import ConfigError
-from worker.routing import Route, check_routes
+from worker.wire.results import parse_result_fields
+from worker.wire.routing import Route, check_routes
 
 ENV_PREFIX = "WORKER_"
 DEFAULT_MODEL = "daekeun-ml/koelectra-small-v3-nsmc"
@@ -29,38 +30,6 @@ _PASS_THROUGH_SCOPES = {
     "KAFKA_PRODUCER_": "kafka_producer",
     "KAFKA_": "kafka",
 }
-
-# The fields of a result record (README "Output record"), in output order; WORKER_RESULT_FIELDS picks some.
-RESULT_FIELDS = (
-    "input", "text", "label", "score", "probabilities", "truncated", "tokens", "model", "source", "latency_ms",
-    "classified_at",
-)
-ALWAYS_IN_RESULT = ("label", "score")
-# `lean`: everything but the user's text (privacy; and the echo is most of a result's bytes).
-LEAN_FIELDS = tuple(f for f in RESULT_FIELDS if f not in ("input", "text"))
-FIELD_SHORTHANDS = {"all": RESULT_FIELDS, "lean": LEAN_FIELDS}
-
-
-def parse_result_fields(spec: str) -> tuple[str, ...]:
-    """``WORKER_RESULT_FIELDS``: comma-separated field names and/or ``all``/``lean``, in canonical order.
-
-    ``label`` and ``score`` are always included. Raises ValueError naming an unknown field.
-    """
-    wanted: set[str] = set(ALWAYS_IN_RESULT)
-    names = [part.strip() for part in spec.split(",") if part.strip()]
-    if not names:
-        raise ValueError("name at least one field, or all / lean")
-    for name in names:
-        if name in FIELD_SHORTHANDS:
-            wanted.update(FIELD_SHORTHANDS[name])
-        elif name in RESULT_FIELDS:
-            wanted.add(name)
-        else:
-            raise ValueError(
-                f"unknown field {name!r}; choose from {', '.join(RESULT_FIELDS)}, or all / lean"
-            )
-    return tuple(f for f in RESULT_FIELDS if f in wanted)
-
 
 _SECRET_KEY = re.compile(r"password|secret|\.key\b|key\.pem|token|credentials", re.IGNORECASE)
 
@@ -235,7 +204,7 @@ class Settings(BaseSettings):
 
     @property
     def result_field_names(self) -> tuple[str, ...]:
-        """The fields a result carries, in output order (see worker.records.parse_result_fields)."""
+        """The fields a result carries, in output order (see worker.wire.results.parse_result_fields)."""
         return parse_result_fields(self.result_fields)
 
     @field_validator("device")

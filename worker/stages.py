@@ -16,20 +16,18 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from worker.engines.base import Classifier, Encoding
-from worker.records import (
+from worker.wire.dead_letters import render_dead_letter
+from worker.wire.decoding import decode, describe
+from worker.wire.results import RESULT_FIELDS, render_result
+from worker.wire.types import (
     ENCODE_ERROR,
     INFERENCE_ERROR,
-    RESULT_FIELDS,
     TOKENIZE_ERROR,
     Comment,
     InputRecord,
     Prediction,
     Rejection,
     Rendered,
-    decode,
-    describe,
-    render_dead_letter,
-    render_result,
 )
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from tests.kafka_helpers import (
     wait_exit,
     worker_env,
 )
-from worker.records import HEADER_PREFIX, INFERENCE_ERROR
+from worker.wire.types import INFERENCE_ERROR
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ MAX_LOG_LINES_SERVING = 15
 def serving_lines(run) -> list[str]:
     first = next((i for i, line in enumerate(run.lines) if "INFO worker: model ready" in line), 0)
     return run.lines[first:]
-KIND_HEADER = HEADER_PREFIX + "error.kind"
+KIND_HEADER = "worker.error.kind"
 
 
 # --------------------------------------------------------------------------------------------- set-up

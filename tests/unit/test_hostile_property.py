@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.strict_json import node_available, node_rejects, strict_json
-from worker import records as r
 from worker.engines.base import classify_encoded, to_prediction
-from worker.records import InputRecord, Prediction
-from worker.settings import LEAN_FIELDS, RESULT_FIELDS
 from worker.stages import prepare, render
+from worker.wire.results import LEAN_FIELDS, RESULT_FIELDS
+from worker.wire.sizes import SIZE_MARGIN_BYTES
+from worker.wire.types import DEAD_LETTER_REASONS, InputRecord, Prediction
 
 EXAMPLES = 250
 LIMITS = (10_000, 30_000, 960_000)
@@ -108,7 +108,7 @@ _SAMPLE: list[bytes] = []
 
 
 def _check(out, max_bytes: int, reserve: int, fields) -> None:
-    assert out.size <= max_bytes - reserve - r.SIZE_MARGIN_BYTES, (out.reason, out.size)
+    assert out.size <= max_bytes - reserve - SIZE_MARGIN_BYTES, (out.reason, out.size)
     for name, value in out.headers:
         assert isinstance(name, str)
         name.encode("utf-8")  # producible
@@ -120,7 +120,7 @@ def _check(out, max_bytes: int, reserve: int, fields) -> None:
         if len(_SAMPLE) < 400:
             _SAMPLE.append(out.value)
     else:
-        assert out.reason in r.DEAD_LETTER_REASONS
+        assert out.reason in DEAD_LETTER_REASONS
         named = dict(out.headers)
         assert named["worker.error.kind"] == out.reason.encode()
         for name in ("worker.error.reason", "worker.source.topic", "worker.model"):

@@ -5,10 +5,21 @@ from __future__ import annotations
 import pytest
 
 from tests.strict_json import strict_json
-from worker import records as r
 from worker.engines.base import Encoding, classify_encoded, to_prediction
-from worker.records import Comment, InputRecord, Prediction, Rejection
 from worker.stages import Prepared, prepare, render, tokenize
+from worker.wire.sizes import SIZE_MARGIN_BYTES
+from worker.wire.types import (
+    ENCODE_ERROR,
+    INFERENCE_ERROR,
+    INVALID_UTF8,
+    NON_STRICT_JSON,
+    TOKENIZE_ERROR,
+    TOO_LARGE,
+    Comment,
+    InputRecord,
+    Prediction,
+    Rejection,
+)
 
 MODEL = {"id": "m", "revision": "r"}
 
@@ -57,7 +68,7 @@ def test_prepare_finds_the_texts_the_tokenizer_fails_on():
     out = _prepare(records, classifier)
     assert classifier.calls[0] == 5 and len(classifier.calls) == 6  # one batch call, then one per text
     reasons = [p.item.reason if isinstance(p.item, Rejection) else None for p in out]
-    assert reasons == [None, r.TOKENIZE_ERROR, None, r.TOKENIZE_ERROR, None]
+    assert reasons == [None, TOKENIZE_ERROR, None, TOKENIZE_ERROR, None]
     assert "ValueError: tokenizer choked" in out[1].item.detail
     assert out[3].item.detail == "tokenizer returned no tokens"
 
@@ -81,24 +92,24 @@ def test_render_result_and_dead_letter():
     prediction = Prediction("positive", 0.7, {"negative": 0.3, "positive": 0.7}, False, 3)
     out = render(comment, prediction, model=MODEL, now_ms=1_700_000_000_100, max_bytes=10_000)
     assert out.reason is None and strict_json(out.value)["label"] == "positive" and out.prediction is prediction
-    dead = render(Rejection(rec(b"\xff"), r.INVALID_UTF8, "bad"), None, model=MODEL, now_ms=0, max_bytes=10_000)
-    assert dead.reason == r.INVALID_UTF8 and dead.value == b"\xff"
+    dead = render(Rejection(rec(b"\xff"), INVALID_UTF8, "bad"), None, model=MODEL, now_ms=0, max_bytes=10_000)
+    assert dead.reason == INVALID_UTF8 and dead.value == b"\xff"
     assert dict(dead.headers)["worker.model"] == b"m"
 
 
 def test_render_without_prediction_is_an_inference_error():
     out = render(Comment(rec(b"x"), "x"), None, model=MODEL, now_ms=0, max_bytes=10_000)
-    assert out.reason == r.INFERENCE_ERROR
+    assert out.reason == INFERENCE_ERROR
 
 
 def test_render_turns_an_encoding_failure_into_a_dead_letter():
     comment = Comment(rec(b"x"), "x")
     prediction = Prediction("pos\ud800", 0.7, {"neg": 0.3, "pos\ud800": 0.7}, False, 3)  # label not encodable
     out = render(comment, prediction, model=MODEL, now_ms=0, max_bytes=10_000)
-    assert out.reason == r.ENCODE_ERROR and "UnicodeEncodeError" in dict(out.headers)["worker.error.reason"].decode()
+    assert out.reason == ENCODE_ERROR and "UnicodeEncodeError" in dict(out.headers)["worker.error.reason"].decode()
     out = render(comment, Prediction("p", 0.5, {"p": 0.5}, False, 1), model={"id": object()}, now_ms=0,
                  max_bytes=10_000)
-    assert out.reason == r.ENCODE_ERROR
+    assert out.reason == ENCODE_ERROR
 
 
 def test_render_keeps_reserve_bytes_free():
@@ -108,9 +119,9 @@ def test_render_keeps_reserve_bytes_free():
     for reserve in (0, 500, 5000):
         out = render(comment, prediction, model=MODEL, now_ms=0, max_bytes=12_000, reserve_bytes=reserve)
         assert out.reason is None
-        assert out.size <= 12_000 - reserve - r.SIZE_MARGIN_BYTES
+        assert out.size <= 12_000 - reserve - SIZE_MARGIN_BYTES
     out = render(comment, prediction, model=MODEL, now_ms=0, max_bytes=12_000, reserve_bytes=11_800)
-    assert out.reason == r.TOO_LARGE
+    assert out.reason == TOO_LARGE
 
 
 def test_prepare_and_render_with_the_real_tokenizer(tiny_classifier):
@@ -119,12 +130,12 @@ def test_prepare_and_render_with_the_real_tokenizer(tiny_classifier):
     out = _prepare(records[:2], tiny_classifier) + _prepare(records[2:], tiny_classifier, "json")
     assert [isinstance(p.item, Comment) for p in out] == [True, True, False, True]
     assert out[1].encoding.truncated and len(out[1].encoding.ids) == tiny_classifier.max_length
-    assert out[2].item.reason == r.NON_STRICT_JSON
+    assert out[2].item.reason == NON_STRICT_JSON
     encodings = [p.encoding for p in out if p.encoding is not None]
     probabilities = classify_encoded(tiny_classifier, encodings, 4096).probabilities
     predictions = iter(to_prediction(p, tiny_classifier.labels, e) for p, e in zip(probabilities, encodings))
     rendered = [render(p.item, next(predictions) if p.encoding else None, model=MODEL, now_ms=0, max_bytes=10_000)
                 for p in out]
-    assert [o.reason for o in rendered] == [None, None, r.NON_STRICT_JSON, None]
+    assert [o.reason for o in rendered] == [None, None, NON_STRICT_JSON, None]
     assert strict_json(rendered[3].value)["input"] == {"text": "좋아요"}
     assert isinstance(out[0], Prepared)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from worker.batching import padding_efficiency, plan_sub_batches
-from worker.records import Prediction
+from worker.wire.types import Prediction
 
 if TYPE_CHECKING:
     from worker.engines.source import ModelSource

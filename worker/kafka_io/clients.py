@@ -28,9 +28,9 @@ from worker.kafka_io.port import (
     Partition,
     PartitionProgress,
 )
-from worker.records import Headers, InputRecord
 from worker.settings import Settings
 from worker.watchdog import Watchdog
+from worker.wire.types import Headers, InputRecord
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines go through Python logging, so JSON logs stay one object per line.

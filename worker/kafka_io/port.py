@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from worker.errors import EXIT_UNFINISHED, WorkerError
-from worker.records import Headers, InputRecord
+from worker.wire.types import Headers, InputRecord
 
 Partition = tuple[str, int]
 
