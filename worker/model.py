@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from worker.batching import padding_efficiency, plan_sub_batches
+from worker.pipeline.batch import padding_efficiency, plan_sub_batches
 from worker.errors import ModelLoadError
 from worker.records import Prediction
 
