@@ -170,7 +170,7 @@ def bench_in_memory(settings: Any, texts: list[str]) -> dict[str, Any]:
     """The worker's batching and classifier, in memory: windows closed at the worker's limits."""
     import torch
 
-    from worker.batching import Batcher
+    from worker.pipeline.batch import Batcher
     from worker.engines.base import classify_encoded, to_prediction
     from worker.engines.loading import load_classifier
 

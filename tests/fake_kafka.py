@@ -12,7 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from worker.kafka_io import ClientError, ClientEvents, DeliveryReport, ErrorKind, KafkaCallError, Partition
+from worker.kafka_io import ClientError, ClientEvents, DeliveryReport, KafkaCallError, Partition
+from worker.policy import ErrorKind
 from worker.wire.types import Headers, InputRecord
 
 PURGED = ClientError("_PURGE_QUEUE", "Local: Purged in queue", ErrorKind.PURGED)
@@ -23,7 +24,8 @@ DENIED = ClientError("TOPIC_AUTHORIZATION_FAILED", "Broker: Topic authorization 
 AUTH_FAILED = ClientError("_AUTHENTICATION", "SASL authentication error: Authentication failed", ErrorKind.ACCESS)
 RETRIABLE = ClientError("_TIMED_OUT", "Local: Timed out", ErrorKind.TIMED_OUT, retriable=True)
 ABORTABLE = ClientError("INVALID_TXN_STATE", "Broker: Invalid transaction state", ErrorKind.OTHER, txn_requires_abort=True)
-FENCED = ClientError("_FENCED", "Local: This instance has been fenced by a newer instance", ErrorKind.FATAL, fatal=True)
+FENCED = ClientError("_FENCED", "Local: This instance has been fenced by a newer instance", ErrorKind.FATAL,
+                     fatal=True, fenced=True)
 
 
 @dataclass

@@ -1,11 +1,18 @@
-"""The worker loop: start → serve (poll, accept, dispatch, publish) → shutdown, each within a deadline.
+"""The worker loop, with a public lifecycle (in the shape of uvicorn's ``Server``).
 
-Two threads. The main thread owns every Kafka call: it polls, decodes and tokenizes, closes
-windows, hands them to the inference stage (:mod:`worker.inference`, the model's own thread),
-renders finished windows into deliveries and gives them to the publisher
-(:mod:`worker.publishing`: at-least-once or transactional), which owns producing, delivery-report
-policy, commits and rewinds. Back-pressure (:mod:`worker.backpressure`) pauses reading while too
-much is in flight.
+:meth:`Worker.start` connects, joins the group and starts the model's thread; :meth:`Worker.step`
+is one turn of the loop; :meth:`Worker.drain` finishes everything in flight before a deadline;
+:meth:`Worker.shutdown` drains within the shutdown deadline (or, after a fatal error, keeps only
+what was delivered) and leaves the group; :meth:`Worker.run` composes them until
+:meth:`Worker.request_stop` or a fatal error. Each step is bounded in time.
+
+A record's path, one module each, in one direction: :mod:`worker.kafka_io` polls it;
+:mod:`worker.pipeline.intake` decodes and tokenizes it into an Entry; :mod:`worker.pipeline.batch`
+puts it in a window; :mod:`worker.pipeline.infer` classifies the window on the model's thread;
+:mod:`worker.pipeline.render` turns it into a Delivery (result and routed copies, or dead letter);
+:mod:`worker.pipeline.publish` produces it and returns it once acknowledged or committed; back
+here its offset is marked done. The loop owns offsets, epochs and replays; :mod:`worker.policy`
+says what each error means; :mod:`worker.backpressure` pauses reading while too much is in flight.
 
 Everything consumed from a partition carries the partition's epoch; revoking, losing or
 rewinding the partition renews it, so nothing consumed before is published or committed after.
@@ -22,13 +29,12 @@ import time
 from typing import Any, Callable
 
 from worker.backpressure import Backpressure
-from worker.batching import Batcher
+from worker.engines.base import Classifier, Encoding
 from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
-from worker.inference import Classified, Entry, InferenceStage, ModelBroken
+from worker.health import Health
 from worker.kafka_io import (
     ClientError,
     ClientEvents,
-    ErrorKind,
     KafkaCallError,
     KafkaPort,
     OffsetTracker,
@@ -36,12 +42,14 @@ from worker.kafka_io import (
     PartitionEpochs,
     PartitionProgress,
 )
-from worker.metrics import Health, WorkerMetrics
-from worker.engines.base import Classifier, Encoding
-from worker.outputs import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
-from worker.publishing import fatal_for, make_publisher
+from worker.metrics import WorkerMetrics
+from worker.pipeline.batch import Batcher
+from worker.pipeline.infer import CANARY_TEXT, InferenceThread, ModelBroken, WindowJob
+from worker.pipeline.intake import Entry, decode_and_tokenize
+from worker.pipeline.publish import Published, make_publisher
+from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
+from worker.policy import DEAD_PRODUCER_REASONS, Action, exit_code_for, fatal_for, for_client_error
 from worker.settings import Settings
-from worker.stages import prepare
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
 from worker.wire.routing import check_labels
@@ -52,9 +60,6 @@ log = logging.getLogger(__name__)
 POLL_CHUNK = 1000
 IDLE_POLL_S = 0.1
 BUSY_WAIT_S = 0.005
-# A text every sentiment model classifies: when the model raises for some texts, it is tried
-# once more on this one, to tell a broken model from texts the model cannot take.
-CANARY_TEXT = "이 영화 정말 재밌다!"
 FATAL_STOP_S = 10.0
 
 
@@ -64,14 +69,13 @@ def default_clients(settings: Settings, events: ClientEvents, watchdog: Watchdog
     return KafkaClients(settings, events, watchdog)
 
 
-def overrun_handler(health: Health, metrics: WorkerMetrics) -> Callable[[Overrun], None]:
+def overrun_handler(health: Health) -> Callable[[Overrun], None]:
     """What the watchdog does (on its own thread) when a call is stuck: not-ready, one line, exit."""
 
     def on_overrun(overrun: Overrun) -> None:
         if overrun.exit_code == EXIT_FATAL:
             health.block("stuck_call", overrun.describe())
-            metrics.blocked.labels(reason="stuck_call").set(1)
-        metrics.ready.set(0)
+        health.set_phase("stopping")
         default_on_overrun(overrun)
 
     return on_overrun
@@ -95,10 +99,10 @@ class Worker:
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or WorkerMetrics()
-        self.health = health or Health()
+        self.health = health or Health(self.metrics)
         self._clock = clock
         self._wall_clock = wall_clock
-        self.watchdog = watchdog or Watchdog(on_overrun=overrun_handler(self.health, self.metrics), clock=clock)
+        self.watchdog = watchdog or Watchdog(on_overrun=overrun_handler(self.health), clock=clock)
         events = ClientEvents(
             self._on_assigned, self._on_revoked, self._on_lost, self._on_client_error, self._on_progress,
             on_wait=self._raise_if_fatal,
@@ -114,9 +118,10 @@ class Worker:
             settings.output_topic, settings.dlq_topic, self.model_ref, settings.routes, self.port.max_record_bytes,
             settings.max_message_bytes, settings.result_field_names,
         )
-        self.publisher = make_publisher(self.port, self, self.renderer, clock, wall_clock)
+        self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),
+                                        clock, wall_clock)
         self.backpressure = Backpressure(self.port, settings.max_in_flight_messages)
-        self.inference: InferenceStage | None = None
+        self.inference: InferenceThread | None = None
         self.exit_code = EXIT_CLEAN
         self.fatal: FatalError | None = None
         self._stop = threading.Event()
@@ -126,7 +131,7 @@ class Worker:
         self._deadline: float | None = None  # the one shutdown deadline, once stopping
         self._throttle = Throttle(10.0, clock)
 
-    # --- control ---
+    # --- lifecycle ---
     def request_stop(self) -> None:
         """Safe from any thread and from a signal handler: only sets a flag."""
         self._stop.set()
@@ -135,58 +140,106 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     def run(self) -> bool:
         """Serve until stopped. True if everything in flight was finished; see :attr:`exit_code`."""
         self.watchdog.start()
-        self.health.set_phase("starting")
         try:
-            self._start()
-            self.health.set_phase("serving")
-            self.metrics.ready.set(1)
+            self.start()
             while not self._stop.is_set():
-                self._step()
+                self.step()
         except FatalError as exc:
             self.fatal = exc
         except KafkaCallError as exc:
             self.fatal = fatal_for(exc.error, exc.call)
         finally:
-            self.metrics.ready.set(0)
-        if self.fatal is not None:
-            return self._stop_after_fatal()
-        return self._shutdown()
+            self.health.set_phase("stopping")
+        return self.shutdown()
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Connect, join the group and start the model's thread; the worker is then serving."""
+        self.health.set_phase("starting")
         canary: Encoding = self.classifier.encode([CANARY_TEXT])[0]
-        self.inference = InferenceStage(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
+        self.inference = InferenceThread(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
         self.port.start([route.topic for route in self.settings.routes])
         self._started = True
         self.inference.start()
+        self.health.set_phase("serving")
 
-    # --- the loop ---
-    def _step(self) -> None:
+    def step(self) -> None:
+        """One turn: read, close a due window, publish finished ones, settle deliveries. Raises FatalError."""
         self.health.beat()
         self._raise_if_fatal()
-        stage = self.inference
-        assert stage is not None
-        if stage.busy:
+        inference = self.inference
+        assert inference is not None, "start() first"
+        if inference.busy:
             # The model is working: read what has arrived without waiting, and otherwise wait for
             # the model (not for Kafka), so a finished window is published the moment it is done.
             records = self.port.poll(POLL_CHUNK, 0)
             if not records:
-                self._publish(stage.take(BUSY_WAIT_S))
+                self._publish(inference.take(BUSY_WAIT_S))
         else:
             timeout = BUSY_WAIT_S if len(self.tracker) else IDLE_POLL_S
             records = self.port.poll(POLL_CHUNK, min(timeout, self.batcher.time_left()))
         if records:
             self._accept(records)
-        if self.batcher.is_due() and not stage.busy:
+        if self.batcher.is_due() and not inference.busy:
             self._dispatch()
-        self._publish(stage.take())
-        self.publisher.step()
+        self._publish(inference.take())
+        self._serve_publisher()
         in_flight = len(self.tracker)
         self.backpressure.update(in_flight)
         self.metrics.in_flight.set(in_flight)
 
+    def drain(self, deadline: float) -> bool:
+        """Classify, publish and get acknowledged every record consumed so far, before ``deadline``."""
+        inference = self.inference
+        assert inference is not None, "start() first"
+        self._dispatch()
+        while True:
+            self.health.beat()
+            self._publish(inference.take(0.01 if inference.busy else 0.0))
+            self._serve_publisher()
+            if not inference.busy and self.publisher.idle and len(self.tracker) == 0 and len(self.batcher) == 0:
+                return True
+            if self._clock() >= deadline or inference.error is not None:
+                return False
+            if not inference.busy:
+                self.port.serve(min(0.01, max(0.0, deadline - self._clock())))
+
+    def shutdown(self) -> bool:
+        """Stop serving and leave the group. True if everything in flight was finished; see :attr:`exit_code`.
+
+        After a fatal error only what was delivered is committed; otherwise everything in flight is
+        drained within ``WORKER_SHUTDOWN_TIMEOUT_S``.
+        """
+        if self.fatal is not None:
+            return self._stop_after_fatal()
+        self.health.set_phase("stopping")
+        timeout = self.settings.shutdown_timeout_s
+        self._deadline = self._clock() + timeout
+        reserve = min(2.0, 0.2 * timeout)  # kept for leaving the group
+        self.backpressure.freeze()
+        try:
+            clean = self.drain(self._deadline - reserve)
+            if not clean:
+                self._abandon(self._deadline - reserve / 2)
+            self.publisher.store_offsets(self.tracker.committable())
+        except (FatalError, KafkaCallError) as exc:
+            log.warning("shutdown: %s", exc)
+            clean = False
+        self._close(EXIT_UNFINISHED)
+        unfinished = len(self.tracker)
+        if not clean:
+            log.warning("stopped with unfinished records; they will be read again",
+                        extra={"fields": {"in_flight": unfinished}})
+        self.exit_code = exit_code_for(None, clean)
+        return clean
+
+    # --- the loop's parts ---
     def _raise_if_fatal(self) -> None:
         if self._pending_fatal is not None:
             raise self._pending_fatal
@@ -198,31 +251,32 @@ class Worker:
                     f"the cluster has refused the worker's credentials or permissions for {refused_for:.0f} s "
                     f"({self.health.blocked.get('access_denied', '')})",
                 )
-        stage = self.inference
-        if stage is not None and stage.error is not None:
-            if isinstance(stage.error, ModelBroken):
-                raise FatalError("model_broken", str(stage.error))
-            raise FatalError("model_broken", f"the inference thread failed: {stage.error!r}")
+        inference = self.inference
+        if inference is not None and inference.error is not None:
+            if isinstance(inference.error, ModelBroken):
+                raise FatalError("model_broken", str(inference.error))
+            raise FatalError("model_broken", f"the inference thread failed: {inference.error!r}")
 
     def _accept(self, records: list[InputRecord]) -> None:
         now = self._clock()
         self._access_ok()
         s = self.settings
-        prepared = prepare(records, self.classifier, input_format=s.input_format, text_field=s.text_field,
-                           max_bytes=s.max_message_bytes)
-        for p in prepared:
-            record, item, encoding = p.record, p.item, p.encoding
+        entries = decode_and_tokenize(records, self.classifier, input_format=s.input_format, text_field=s.text_field,
+                                      max_bytes=s.max_message_bytes)
+        for entry in entries:
+            record = entry.record
             partition = (record.topic, record.partition)
             epoch = self.epochs.of(partition)
             if epoch is None:
                 continue  # its partition was revoked while this poll was being served
             self.tracker.add(partition, record.offset)
             self.metrics.consumed.labels(topic=record.topic).inc()
-            entry = Entry(item, epoch, now, encoding)
-            if encoding is not None:
-                if self.batcher.would_overflow(len(encoding.ids)):
+            entry.epoch, entry.arrived_at = epoch, now
+            if entry.encoding is not None:
+                tokens = len(entry.encoding.ids)
+                if self.batcher.would_overflow(tokens):
                     self._dispatch()
-                self.batcher.add(entry, len(encoding.ids))
+                self.batcher.add(entry, tokens)
             else:
                 self.batcher.add(entry, None)
             if self.batcher.is_full():
@@ -239,7 +293,7 @@ class Worker:
         assert self.inference is not None
         self.inference.submit(window)
 
-    def _publish(self, finished: list[Classified]) -> None:
+    def _publish(self, finished: list[WindowJob]) -> None:
         for job in finished:
             self._observe_window(job)
             now_ms = self._wall_clock() * 1000
@@ -248,9 +302,14 @@ class Worker:
                 for entry in job.window.items
                 if self.epochs.is_current((entry.record.topic, entry.record.partition), entry.epoch)
             ]
-            self.publisher.publish(deliveries)
+            self._settle(self.publisher.publish(deliveries))
 
-    def _observe_window(self, job: Classified) -> None:
+    def _serve_publisher(self) -> None:
+        """Let the publisher advance (reports, commits, retries); hand Kafka what is now committable."""
+        self._settle(self.publisher.step())
+        self.publisher.store_offsets(self.tracker.committable())
+
+    def _observe_window(self, job: WindowJob) -> None:
         m = self.metrics
         now = self._clock()
         count = len(job.window.items)
@@ -276,11 +335,17 @@ class Worker:
             assert entry.prediction is not None
             m.score.observe(entry.prediction.score)
 
-    # --- what the publisher calls back (the Pipeline protocol) ---
-    def is_current(self, delivery: Delivery) -> bool:
+    # --- what publishers finish ---
+    def _is_current(self, delivery: Delivery) -> bool:
         return self.epochs.is_current(delivery.partition, delivery.epoch)
 
-    def done(self, delivery: Delivery) -> None:
+    def _settle(self, published: Published) -> None:
+        for delivery in published.done:
+            self._done(delivery)
+        if published.replay is not None:
+            self._replay(published.replay)
+
+    def _done(self, delivery: Delivery) -> None:
         m = self.metrics
         source = delivery.source
         self.tracker.mark_done(delivery.partition, source.offset)
@@ -297,7 +362,7 @@ class Worker:
             elif message.kind == DEAD_LETTER:
                 m.dead_letters.labels(reason=message.reason).inc()
 
-    def replay(self, reason: str) -> None:
+    def _replay(self, reason: str) -> None:
         """Drop everything unfinished and read it again from each partition's first unfinished record."""
         positions = self.tracker.unfinished()
         self.epochs.renew(positions)
@@ -307,9 +372,6 @@ class Worker:
         self.metrics.errors.labels(kind="replay").inc()
         log.warning("replaying from the first unfinished records: %s", reason,
                     extra={"fields": {"positions": {f"{t}[{p}]": o for (t, p), o in positions.items()}}})
-
-    def beat(self) -> None:
-        self.health.beat()
 
     # --- client events (inside poll, on the main thread) ---
     def _on_assigned(self, partitions: list[Partition]) -> None:
@@ -325,10 +387,10 @@ class Worker:
         if self.fatal is None and self._started:
             # One deadline: during shutdown the revocation shares the shutdown's.
             deadline = self._deadline if self._deadline is not None else self._clock() + self.settings.shutdown_timeout_s
-            if not self._finish(deadline):
+            if not self.drain(deadline):
                 log.warning("in-flight records not finished before revocation; the new owner will read them again")
                 self._abandon(deadline)
-        self.publisher.release(partitions)
+        self.publisher.store_offsets(self.tracker.committable())
         self._forget(partitions)
 
     def _on_lost(self, partitions: list[Partition]) -> None:
@@ -343,17 +405,17 @@ class Worker:
 
     def _on_client_error(self, error: ClientError) -> None:
         self.metrics.errors.labels(kind=f"kafka_{error.code}").inc()
-        if error.kind == ErrorKind.ACCESS:
+        action = for_client_error(error)
+        if action is Action.WAIT_FOR_ACCESS:
             if self._access_since is None:
                 self._access_since = self._clock()
-                self.metrics.blocked.labels(reason="access_denied").set(1)
             self.health.block("access_denied", str(error))
-        elif error.kind == ErrorKind.FATAL and self._pending_fatal is None:
+        elif action is Action.FATAL and self._pending_fatal is None:
             self._pending_fatal = fatal_for(error, "kafka client")
         allowed, left_out = self._throttle.allow(error.code)
         if allowed:
             more = f" ({left_out} more like it)" if left_out else ""
-            if error.kind == ErrorKind.ACCESS:
+            if action is Action.WAIT_FOR_ACCESS:
                 log.error("the cluster refuses the worker: %s%s; exiting in %.0f s unless it recovers", error, more,
                           self.settings.access_failure_timeout_s - (self._clock() - self._access_since))
             else:
@@ -363,7 +425,6 @@ class Worker:
         if self._access_since is not None:
             self._access_since = None
             self.health.unblock("access_denied")
-            self.metrics.blocked.labels(reason="access_denied").set(0)
             log.info("the cluster accepts the worker again")
 
     def _on_progress(self, progress: dict[Partition, PartitionProgress]) -> None:
@@ -380,57 +441,20 @@ class Worker:
                 lag[partition] = max(0, end - position)
         self.metrics.set_lag(lag)
 
-    # --- draining, shutdown ---
-    def _finish(self, deadline: float) -> bool:
-        """Classify, publish and get acknowledged every record consumed so far, before ``deadline``."""
-        stage = self.inference
-        assert stage is not None
-        self._dispatch()
-        while True:
-            self.health.beat()
-            self._publish(stage.take(0.01 if stage.busy else 0.0))
-            self.publisher.step()
-            if not stage.busy and self.publisher.idle and len(self.tracker) == 0 and len(self.batcher) == 0:
-                return True
-            if self._clock() >= deadline or stage.error is not None:
-                return False
-            if not stage.busy:
-                self.port.serve(min(0.01, max(0.0, deadline - self._clock())))
-
+    # --- stopping ---
     def _abandon(self, deadline: float) -> None:
         try:
-            self.publisher.abandon(deadline)
+            self._settle(self.publisher.abandon(deadline))
         except (FatalError, KafkaCallError) as exc:
             log.warning("could not abort the open transaction: %s", exc)
-
-    def _shutdown(self) -> bool:
-        self.health.set_phase("stopping")
-        timeout = self.settings.shutdown_timeout_s
-        self._deadline = self._clock() + timeout
-        reserve = min(2.0, 0.2 * timeout)  # kept for leaving the group
-        self.backpressure.freeze()
-        try:
-            clean = self._finish(self._deadline - reserve)
-            if not clean:
-                self._abandon(self._deadline - reserve / 2)
-            self.publisher.release(self.epochs.owned())
-        except (FatalError, KafkaCallError) as exc:
-            log.warning("shutdown: %s", exc)
-            clean = False
-        self._close(EXIT_UNFINISHED)
-        unfinished = len(self.tracker)
-        if not clean:
-            log.warning("stopped with unfinished records; they will be read again",
-                        extra={"fields": {"in_flight": unfinished}})
-        self.exit_code = EXIT_CLEAN if clean else EXIT_UNFINISHED
-        return clean
 
     def _stop_after_fatal(self) -> bool:
         fatal = self.fatal
         assert fatal is not None
+        for delivery in self.publisher.salvage():  # finished by the call that failed
+            self._done(delivery)
         self.health.block(fatal.reason, fatal.detail)
         self.health.set_phase("stopping")
-        self.metrics.blocked.labels(reason=fatal.reason).set(1)
         self.metrics.errors.labels(kind=f"fatal_{fatal.reason}").inc()
         # The detail is the process's last line (cli); said once, here only the decision.
         log.critical("cannot go on (%s); committing what was delivered and exiting", fatal.reason)
@@ -438,13 +462,13 @@ class Worker:
         if self._started:
             self.backpressure.freeze()
             try:
-                self.publisher.release(self.epochs.owned())
+                self.publisher.store_offsets(self.tracker.committable())
             except KafkaCallError as exc:
                 log.warning("could not store the delivered offsets: %s", exc)
-            if fatal.reason not in ("fenced", "kafka_fatal"):  # a dead producer cannot abort anything
+            if fatal.reason not in DEAD_PRODUCER_REASONS:  # a dead producer cannot abort anything
                 self._abandon(self._deadline - 1)
             self._close(EXIT_FATAL)
-        self.exit_code = EXIT_FATAL
+        self.exit_code = exit_code_for(fatal, clean=False)
         return False
 
     def _close(self, exit_code: int) -> None:

@@ -67,15 +67,16 @@ class SignalWatcher:
 def cmd_run(settings: Settings) -> int:
     from worker.app import Worker, overrun_handler
     from worker.errors import EXIT_FATAL, EXIT_UNFINISHED
-    from worker.metrics import Health, MetricsServer, WorkerMetrics
+    from worker.health import Health
+    from worker.metrics import MetricsServer, WorkerMetrics
     from worker.watchdog import Watchdog, exit_line, hard_exit
 
     # Tokenization runs on the loop thread beside inference; the tokenizer's own thread pool would
     # compete with torch for the cores (measured: 582 vs 511 messages/s end to end on 2 cores).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     metrics = WorkerMetrics()
-    health = Health()
-    watchdog = Watchdog(on_overrun=overrun_handler(health, metrics))
+    health = Health(metrics)
+    watchdog = Watchdog(on_overrun=overrun_handler(health))
     worker: Worker | None = None
     stopped = threading.Event()
 

@@ -25,13 +25,10 @@ class ModelLoadError(WorkerError):
 
 
 class FatalError(WorkerError):
-    """The worker cannot go on (exit code 4); ``reason`` is one of :data:`FATAL_REASONS`."""
+    """The worker cannot go on (exit code 4); ``reason`` is one of :data:`worker.policy.FATAL_REASONS`."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
 
-
-# The label values of the worker_blocked gauge and the /readyz reasons.
-FATAL_REASONS = ("access_denied", "destination_unwritable", "model_broken", "stuck_call", "fenced", "kafka_fatal")

@@ -1,19 +1,22 @@
 """Prometheus metrics and the /metrics, /healthz, /readyz server.
 
-Metrics take a registry, so each test builds a fresh one.
+Metrics take a registry, so each test builds a fresh one. What /healthz and /readyz answer is
+:class:`~worker.health.Health`'s.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from worker.kafka_io import Partition
+
+if TYPE_CHECKING:
+    from worker.health import Health
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -119,51 +122,6 @@ class WorkerMetrics:
         for (topic, partition), value in lag.items():
             self.lag.labels(topic, str(partition)).set(value)
         self._lag_partitions = set(lag)
-
-
-class Health:
-    """What /healthz and /readyz answer. The loop beats and sets the phase; the server reads.
-
-    Phases: ``loading`` (the model), ``starting`` (connecting, joining the group), ``serving``,
-    ``stopping``. Loading and starting count as alive: every step of them is bounded by the
-    watchdog. While serving, the loop must beat at least every ``stale_after_s``. Ready means
-    serving, alive and not blocked, so /readyz is never green while /healthz is red.
-    """
-
-    def __init__(self, stale_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._stale_after_s = stale_after_s
-        self._last_beat = clock()
-        self.phase = "loading"
-        self.partitions = 0
-        self.blocked: dict[str, str] = {}
-
-    def beat(self) -> None:
-        self._last_beat = self._clock()
-
-    def set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self.beat()
-
-    def block(self, reason: str, detail: str) -> None:
-        self.blocked[reason] = detail
-
-    def unblock(self, reason: str) -> None:
-        self.blocked.pop(reason, None)
-
-    def live(self) -> tuple[bool, dict[str, object]]:
-        if self.phase in ("loading", "starting"):
-            return True, {"phase": self.phase}
-        age = self._clock() - self._last_beat
-        return age <= self._stale_after_s, {"phase": self.phase, "heartbeat_age_s": round(age, 3)}
-
-    def ready(self) -> tuple[bool, dict[str, object]]:
-        alive, _ = self.live()
-        ok = self.phase == "serving" and alive and not self.blocked
-        detail: dict[str, object] = {"phase": self.phase, "alive": alive, "assigned_partitions": self.partitions}
-        if self.blocked:
-            detail["reason"] = "; ".join(f"{k}: {v}" for k, v in self.blocked.items())
-        return ok, detail
 
 
 class MetricsServer:

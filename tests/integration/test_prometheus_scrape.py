@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 
 from tests.kafka_helpers import free_port, produce, running_worker, wait_for, worker_settings
-from worker.metrics import Health, MetricsServer, WorkerMetrics
+from worker.health import Health
+from worker.metrics import MetricsServer, WorkerMetrics
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Property: whatever a poll holds, prepare → classify → render never raises, and every record yields
+"""Property: whatever a poll holds, intake → classify → render never raises, and every record yields
 strict JSON within the byte budget or a dead letter with a known reason within the budget, which a real
 librdkafka producer accepts at that message.max.bytes.
 
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tests.strict_json import node_available, node_rejects, strict_json
 from worker.engines.base import classify_encoded, to_prediction
-from worker.stages import prepare, render
+from worker.pipeline.intake import decode_and_tokenize
+from worker.pipeline.render import render_record
 from worker.wire.results import LEAN_FIELDS, RESULT_FIELDS
 from worker.wire.sizes import SIZE_MARGIN_BYTES
 from worker.wire.types import DEAD_LETTER_REASONS, InputRecord, Prediction
@@ -144,8 +145,8 @@ def test_hostile_polls_never_raise_and_always_fit(tiny_classifier, fault_report)
            poison=st.sampled_from([None] * 6 + [float("nan"), float("inf")]))
     def check(records, input_format, max_bytes, reserve, fields, poison):
         examples[0] += 1
-        prepared = prepare(records, tiny_classifier, input_format=input_format, text_field="text",
-                           max_bytes=max_bytes)
+        prepared = decode_and_tokenize(records, tiny_classifier, input_format=input_format, text_field="text",
+                                       max_bytes=max_bytes)
         assert [p.record.offset for p in prepared] == [rec.offset for rec in records]
         encodings = [p.encoding for p in prepared if p.encoding is not None]
         probabilities = iter(classify_encoded(tiny_classifier, encodings, 4096).probabilities if encodings else [])
@@ -155,8 +156,8 @@ def test_hostile_polls_never_raise_and_always_fit(tiny_classifier, fault_report)
                 prediction = to_prediction(next(probabilities), tiny_classifier.labels, item.encoding)
                 if poison is not None:  # a model that returns NaN/Infinity for this text
                     prediction = Prediction(prediction.label, poison, prediction.probabilities, False, 3)
-            out = render(item.item, prediction, model=MODEL, now_ms=time.time() * 1000, max_bytes=max_bytes,
-                         reserve_bytes=reserve, fields=fields)
+            out = render_record(item.item, prediction, model=MODEL, now_ms=time.time() * 1000, max_bytes=max_bytes,
+                                reserve_bytes=reserve, fields=fields)
             _check(out, max_bytes, reserve, fields)
             producers[max_bytes].produce("t", key=out.key, value=out.value, headers=out.headers)  # must not raise
             producers[max_bytes].purge()

@@ -25,10 +25,11 @@ from tests.fake_kafka import (
     FakeKafka,
 )
 from worker.app import EXIT_FATAL, EXIT_UNFINISHED, Worker
-from worker.inference import classify_isolating
-from worker.kafka_io import OffsetTracker, PartitionEpochs, PartitionProgress
-from worker.metrics import Health, WorkerMetrics
 from worker.engines.base import Encoding
+from worker.health import Health
+from worker.kafka_io import OffsetTracker, PartitionEpochs, PartitionProgress
+from worker.metrics import WorkerMetrics
+from worker.pipeline.infer import classify_isolating
 from worker.settings import Settings
 from worker.watchdog import Watchdog
 
@@ -77,7 +78,8 @@ def make_worker(classifier=None, partitions=1, **overrides):
         made["fake"] = FakeKafka(settings, events, watchdog, partitions=partitions)
         return made["fake"]
 
-    worker = Worker(settings, classifier or FakeClassifier(), WorkerMetrics(), Health(), clients_factory=factory,
+    metrics = WorkerMetrics()
+    worker = Worker(settings, classifier or FakeClassifier(), metrics, Health(metrics), clients_factory=factory,
                     watchdog=Watchdog(on_overrun=never_overruns))
     return worker, made["fake"]
 
@@ -87,8 +89,7 @@ def texts(n, prefix="글"):
 
 
 def start(worker):
-    worker._start()
-    worker.health.set_phase("serving")
+    worker.start()
 
 
 def settled(worker, fake):
@@ -98,12 +99,12 @@ def settled(worker, fake):
 
 
 def drive(worker, fake, seconds=10.0, until=None):
-    if not worker._started:
+    if not worker.started:
         start(worker)
     condition = until or (lambda: settled(worker, fake))
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        worker._step()
+        worker.step()
         if condition():
             return
         time.sleep(0.001)  # the fake never blocks in poll(); real time lets retries come due
@@ -112,7 +113,7 @@ def drive(worker, fake, seconds=10.0, until=None):
 
 def finish(worker, fake):
     drive(worker, fake)
-    assert worker._shutdown(), "shutdown left records unfinished"
+    assert worker.shutdown(), "shutdown left records unfinished"
 
 
 def keys(written):
@@ -222,10 +223,11 @@ def test_model_broken_for_every_text_stops_the_worker_without_dead_letters():
 
 # --- back-pressure and assignment ---
 def test_backpressure_pauses_and_resumes_and_pauses_new_partitions():
-    worker, fake = make_worker(max_in_flight_messages=10)
+    gate = threading.Event()  # the model holds the window: nothing is finished while the test looks
+    worker, fake = make_worker(FakeClassifier(gate=gate), max_in_flight_messages=10)
     fake.feed(0, texts(12))
     start(worker)
-    worker._accept(fake.poll(12, 0))
+    worker.step()
     worker.backpressure.update(len(worker.tracker))
     assert fake.paused == {(T, 0)}
     fake.events.on_assigned([(T, 7)])
@@ -235,6 +237,7 @@ def test_backpressure_pauses_and_resumes_and_pauses_new_partitions():
     worker.tracker.forget([(T, 0)])
     worker.backpressure.update(len(worker.tracker))
     assert not worker.backpressure.paused
+    gate.set()
 
 
 def test_due_window_keeps_filling_while_the_model_is_busy():
@@ -244,7 +247,7 @@ def test_due_window_keeps_filling_while_the_model_is_busy():
     start(worker)
     for chunk in range(4):
         fake.feed(0, texts(5, prefix=f"글{chunk}-"))
-        worker._step()
+        worker.step()
     assert worker.inference.in_flight == 1  # the model is busy with the first window
     assert len(worker.batcher) == 15  # the rest waits in one growing window
     gate.set()
@@ -339,7 +342,7 @@ def test_windows_of_revoked_partitions_are_dropped(delivery):
     fake.feed(0, texts(3, "a"))
     fake.feed(1, texts(3, "b"))
     start(worker)
-    worker._step()  # consumed and dispatched; the model is stuck on the window
+    worker.step()  # consumed and dispatched; the model is stuck on the window
     assert worker.inference.in_flight == 1
     fake.revoke([(T, 1)])  # drain gives up after its deadline
     gate.set()
@@ -418,7 +421,7 @@ def test_refused_credentials_make_the_worker_not_ready_at_once_then_end_it():
     assert worker.metrics.blocked.labels(reason="access_denied")._value.get() == 1
     time.sleep(0.25)
     with pytest.raises(Exception) as caught:
-        worker._step()
+        worker.step()
     assert getattr(caught.value, "reason", None) == "access_denied"
 
 
@@ -437,9 +440,9 @@ def test_shutdown_keeps_to_its_deadline_when_nothing_is_acknowledged():
     fake.feed(0, texts(5))
     start(worker)
     for _ in range(50):
-        worker._step()
+        worker.step()
     started = time.monotonic()
-    assert worker._shutdown() is False
+    assert worker.shutdown() is False
     assert time.monotonic() - started < 1.5
     assert worker.exit_code == EXIT_UNFINISHED
     assert fake.committed.get((T, 0), 0) == 0  # nothing was acknowledged, nothing committed
@@ -450,10 +453,10 @@ def test_drain_keeps_the_heartbeat():
     worker, fake = make_worker(FakeClassifier(gate=gate), shutdown_timeout_s=0.5)
     fake.feed(0, texts(2))
     start(worker)
-    worker._step()
+    worker.step()
     beats = []
     worker.health.beat = lambda: beats.append(1)  # type: ignore[method-assign]
-    worker._finish(time.monotonic() + 0.2)
+    worker.drain(time.monotonic() + 0.2)
     gate.set()
     assert len(beats) > 3
 

@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.unit.test_loop import FakeClassifier, finish, make_worker
-from worker.metrics import Health, MetricsServer, WorkerMetrics
+from worker.health import Health
+from worker.metrics import MetricsServer, WorkerMetrics
 
 
 def sample(registry: CollectorRegistry, name: str, labels: dict | None = None) -> float:

@@ -23,11 +23,11 @@ from worker.kafka_io.port import (
     ClientError,
     ClientEvents,
     DeliveryReport,
-    ErrorKind,
     KafkaCallError,
     Partition,
     PartitionProgress,
 )
+from worker.policy import Action, ErrorKind, for_client_error
 from worker.settings import Settings
 from worker.watchdog import Watchdog
 from worker.wire.types import Headers, InputRecord
@@ -316,7 +316,7 @@ class KafkaClients:
                 continue
             else:
                 classified = classify(error)
-                if classified.kind == ErrorKind.FATAL:
+                if for_client_error(classified) is Action.FATAL:
                     raise KafkaCallError("consume", classified)
                 self._events.on_error(classified)
         return records

@@ -1,5 +1,8 @@
 """librdkafka errors → :class:`~worker.kafka_io.port.ClientError`, classified by what the worker must do.
 
+This module sorts librdkafka's codes into :class:`~worker.policy.ErrorKind`; what each kind means
+for a record, a transaction and the worker is :mod:`worker.policy`'s.
+
 The classes follow librdkafka's INTRODUCTION.md: "Error: Permanent errors" lists the errors that
 fail a delivery for good, "Transactional Producer / Error handling" the retriable, abortable and
 fatal flags of transactional calls, and "Fatal errors" the unrecoverable ones.
@@ -11,7 +14,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from worker.kafka_io.port import ClientError, ErrorKind
+from worker.kafka_io.port import ClientError
+from worker.policy import ErrorKind
 
 
 def _codes(*names: str) -> frozenset[int]:
@@ -36,6 +40,7 @@ ACCESS = _codes(
     "CLUSTER_AUTHORIZATION_FAILED", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED", "UNSUPPORTED_SASL_MECHANISM",
     "ILLEGAL_SASL_STATE", "DELEGATION_TOKEN_AUTHORIZATION_FAILED", "_SSL",
 )
+# Another producer with this transactional id took over (ClientError.fenced; the policy's "fenced").
 FENCED = _codes("_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "TRANSACTIONAL_ID_NOT_FOUND")
 # Errors that librdkafka keeps retrying by itself; they say the cluster is unreachable for now.
 CONNECTIVITY = _codes("_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE")
@@ -47,7 +52,8 @@ def classify(error: Any) -> ClientError:
     fatal = bool(error.fatal())
     retriable = bool(error.retriable())
     abortable = bool(error.txn_requires_abort())
-    if fatal or code in FENCED:
+    fenced = code in FENCED
+    if fatal or fenced:
         kind = ErrorKind.FATAL
     elif code in ACCESS:
         kind = ErrorKind.ACCESS
@@ -68,8 +74,9 @@ def classify(error: Any) -> ClientError:
         message=error.str(),
         kind=kind,
         retriable=retriable,
-        fatal=fatal or code in FENCED,
+        fatal=fatal or fenced,
         txn_requires_abort=abortable,
+        fenced=fenced,
     )
 
 

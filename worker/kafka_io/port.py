@@ -3,33 +3,19 @@
 :class:`~worker.kafka_io.clients.KafkaClients` implements it with confluent-kafka; the unit tests'
 fake implements the same Protocol, so the two cannot drift apart. Nothing here imports
 confluent-kafka: errors arrive as :class:`ClientError`, already classified by what the worker must
-do about them (librdkafka's INTRODUCTION.md, "Error: Permanent errors" and "Transactional
-Producer / Error handling").
+do about them (its :class:`~worker.policy.ErrorKind`; :mod:`worker.policy` says what each kind means).
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from worker.errors import EXIT_UNFINISHED, WorkerError
+from worker.policy import ErrorKind
 from worker.wire.types import Headers, InputRecord
 
 Partition = tuple[str, int]
-
-
-class ErrorKind(str, enum.Enum):
-    """What an error means for the worker, whichever call or report it came from."""
-
-    RETRIABLE = "retriable"  # temporary: librdkafka retries, or the call may simply be made again
-    TIMED_OUT = "timed_out"  # a delivery gave up (message.timeout.ms): later records may be written first
-    PURGED = "purged"  # purged by an abort or a purge: belongs to an attempt that was abandoned
-    RECORD = "record"  # this one record can never be written (too large, invalid): dead-letter it
-    DESTINATION = "destination"  # nobody can write this topic (missing with auto-create off, ...)
-    ACCESS = "access"  # credentials or permissions refused
-    FATAL = "fatal"  # the client instance is unusable (fenced, idempotence broken): restart
-    OTHER = "other"  # neither retriable, abortable nor fatal: librdkafka says treat as fatal
 
 
 @dataclass(frozen=True)
@@ -42,6 +28,7 @@ class ClientError:
     retriable: bool = False
     fatal: bool = False
     txn_requires_abort: bool = False
+    fenced: bool = False  # another producer with this transactional id took over
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

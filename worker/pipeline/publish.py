@@ -1,15 +1,22 @@
-"""Publishing finished windows: produce, delivery-report policy, commit and rewind, per delivery mode.
+"""Publish: produce deliveries and report back what finished, per delivery mode.
 
-:class:`AtLeastOncePublisher` produces each record, stores a partition's offset once every earlier
-record of it is acknowledged (librdkafka commits stored offsets every second, on revocation and
-on close), and replays from the first unfinished offset when a delivery times out.
+:class:`AtLeastOncePublisher` produces each record as its window finishes; a delivery is finished
+once every message of it is acknowledged, and when a delivery times out everything unfinished must
+be read again (so later results of a key never overtake earlier ones).
 :class:`TransactionalPublisher` writes windows in Kafka transactions together with their input
 offsets, following librdkafka's transactional state machine: retriable → call again,
-abortable → abort and rewind the input, fatal → the worker ends.
+abortable → abort and read the input again, fatal → the worker ends.
 
-Both follow the same rules for one record the broker refuses for good (too large, invalid): the
-message is replaced by a dead letter, then by a minimal dead letter; a topic nobody can write,
-refused credentials, and a dead client end the worker (:class:`~worker.errors.FatalError`).
+The contract with the loop (:mod:`worker.app`), which owns offsets, epochs and replays:
+:meth:`~Publisher.publish`, :meth:`~Publisher.step` and :meth:`~Publisher.abandon` return a
+:class:`Published`: the deliveries now acknowledged (or committed in a transaction), and, when
+everything unfinished must be read again, why. The loop marks those records done, counts them, and
+replays; :meth:`~Publisher.store_offsets` hands Kafka what the loop found committable. A publisher
+asks the loop one thing only, ``is_current(delivery)``: whether the delivery's partition is still
+owned and not rewound since it was consumed.
+
+What a refused message or a failed call means (dead letter, abort, call again, fatal) is
+:mod:`worker.policy`'s; the dead letter that replaces a refused message is :mod:`.render`'s.
 """
 
 from __future__ import annotations
@@ -17,15 +24,22 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
 
-from worker.errors import FatalError
-from worker.kafka_io import ClientError, ErrorKind, KafkaCallError, KafkaPort, OffsetTracker, Partition
-from worker.outputs import DEAD_LETTER, Delivery, Message, Renderer
+from worker.kafka_io import ClientError, KafkaCallError, KafkaPort, Partition
+from worker.pipeline.render import Delivery, Message, Renderer
+from worker.policy import (
+    Action,
+    fatal_for,
+    for_delivery_report,
+    for_refused_message,
+    for_transaction_call,
+    no_dead_letter_fits,
+)
 
 log = logging.getLogger(__name__)
 
-PRODUCE_ERROR = "produce_error"
 # Seconds one transactional call may take before it is retried (commit/abort are resumable).
 TXN_CALL_TIMEOUT_S = 10.0
 # How long a transaction may keep failing with retriable errors before it is aborted and rewound
@@ -33,59 +47,70 @@ TXN_CALL_TIMEOUT_S = 10.0
 TXN_RETRY_LIMIT_S = 60.0
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 QUEUE_FULL_WAIT_S = 0.05
-# Delivery failures that say nothing about the record itself: it is produced again, never dead-lettered.
-REDO_KINDS = frozenset({ErrorKind.TIMED_OUT, ErrorKind.RETRIABLE, ErrorKind.PURGED})
 
 
-class Pipeline(Protocol):
-    """What a publisher needs from the loop."""
+@dataclass
+class Published:
+    """What one call to a publisher finished."""
 
-    tracker: OffsetTracker
-
-    def is_current(self, delivery: Delivery) -> bool: ...
-
-    def done(self, delivery: Delivery) -> None: ...
-
-    def replay(self, reason: str) -> None: ...
-
-    def beat(self) -> None: ...
+    done: list[Delivery] = field(default_factory=list)  # acknowledged, or committed in a transaction
+    replay: str | None = None  # set when everything unfinished must be read again: why
 
 
 class Publisher(Protocol):
-    def publish(self, deliveries: list[Delivery]) -> None: ...
+    def publish(self, deliveries: list[Delivery]) -> Published: ...
 
-    def step(self) -> None: ...
+    def step(self) -> Published: ...
 
     @property
     def idle(self) -> bool: ...
 
-    def release(self, partitions: list[Partition]) -> None: ...
+    def store_offsets(self, positions: Mapping[Partition, int]) -> None: ...
 
-    def abandon(self, deadline: float) -> None: ...
+    def abandon(self, deadline: float) -> Published: ...
+
+    def salvage(self) -> list[Delivery]: ...
 
 
-def fatal_for(error: ClientError, what: str) -> FatalError:
-    """The fatal error for a client error that stops the worker."""
-    if error.kind == ErrorKind.ACCESS:
-        return FatalError("access_denied", f"{what}: {error}")
-    if error.kind == ErrorKind.DESTINATION:
-        return FatalError("destination_unwritable", f"{what}: {error}")
-    if error.code in ("_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"):
-        return FatalError("fenced", f"{what}: another producer with this transactional id took over ({error})")
-    return FatalError("kafka_fatal", f"{what}: {error}")
+class _Replay(Exception):
+    """Internal: everything unfinished must be read again; ends the publisher's call."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _Producing:
     """Producing a delivery's messages, and what to do when the broker refuses one of them."""
 
-    def __init__(self, port: KafkaPort, pipeline: Pipeline, renderer: Renderer,
-                 clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
+    transactional = False
+
+    def __init__(self, port: KafkaPort, renderer: Renderer, is_current: Callable[[Delivery], bool],
+                 beat: Callable[[], None], clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
         self._port = port
-        self._pipeline = pipeline
         self._renderer = renderer
+        self._is_current = is_current
+        self._beat = beat  # keeps the loop's heartbeat while a call waits
         self._clock = clock
         self._wall_clock = wall_clock
         self._tag = 0  # changes whenever earlier delivery reports must be ignored
+        self._done: list[Delivery] = []  # finished during the current call
+
+    def _finishing(self, work: Callable[[], None]) -> Published:
+        """Run one call's work; what it finished (and a replay it asked for) is the call's answer."""
+        try:
+            work()
+        except _Replay as replay:
+            return Published(self._take_done(), replay.reason)
+        return Published(self._take_done())
+
+    def _take_done(self) -> list[Delivery]:
+        done, self._done = self._done, []
+        return done
+
+    def salvage(self) -> list[Delivery]:
+        """What a call that raised had finished before it did (the worker still commits those on its way out)."""
+        return self._take_done()
 
     def _produce_all(self, delivery: Delivery) -> None:
         delivery.pending = len(delivery.messages)
@@ -102,7 +127,7 @@ class _Producing:
             except BufferError:
                 # The local queue is full: serve deliveries until there is room (bounded by
                 # message.timeout.ms, after which queued messages fail and free their space).
-                self._pipeline.beat()
+                self._beat()
                 self._wait_for_room()
             except KafkaCallError as exc:
                 self._refused(delivery, index, exc.error)
@@ -114,17 +139,18 @@ class _Producing:
     def _replacement(self, delivery: Delivery, index: int, error: ClientError) -> Message:
         """The dead letter that takes the place of a message the broker refused for good."""
         refused = delivery.messages[index]
-        if error.kind not in (ErrorKind.RECORD, ErrorKind.OTHER):
-            raise fatal_for(error, f"writing to {refused.topic}")
-        now_ms = self._wall_clock() * 1000
         detail = f"{refused.topic} refused the record: {error}"
-        if refused.kind != DEAD_LETTER:
-            return self._renderer.dead_letter(delivery.source, PRODUCE_ERROR, detail, now_ms)
-        if refused.key is not None or refused.value is not None:
-            return self._renderer.dead_letter(delivery.source, refused.reason or PRODUCE_ERROR, detail, now_ms, minimal=True)
-        raise FatalError("destination_unwritable", f"not even a minimal dead letter can be written to {refused.topic}: {error}")
+        replacement = self._renderer.replacement(delivery, index, detail, self._wall_clock() * 1000)
+        if replacement is None:
+            raise no_dead_letter_fits(refused.topic, error)
+        return replacement
 
     def _refused(self, delivery: Delivery, index: int, error: ClientError) -> None:
+        action = for_refused_message(error, transactional=self.transactional)
+        if action is Action.ABORT:
+            raise _Abort(f"produce: {error}")
+        if action is Action.FATAL:
+            raise fatal_for(error, f"writing to {delivery.messages[index].topic}")
         log.warning("record %s[%d]@%d refused by %s (%s); dead-lettering it", delivery.source.topic,
                     delivery.source.partition, delivery.source.offset, delivery.messages[index].topic, error)
         delivery.messages[index] = self._replacement(delivery, index, error)
@@ -133,20 +159,32 @@ class _Producing:
 
 
 class AtLeastOncePublisher(_Producing):
-    """Produce as windows finish; a record is done when all its messages are acknowledged."""
+    """Produce as windows finish; a delivery is finished when all its messages are acknowledged."""
 
     @property
     def idle(self) -> bool:
         return True  # nothing of its own beyond what the offset tracker counts
 
-    def publish(self, deliveries: list[Delivery]) -> None:
-        for delivery in deliveries:
-            self._produce_all(delivery)
+    def publish(self, deliveries: list[Delivery]) -> Published:
+        def work() -> None:
+            for delivery in deliveries:
+                self._produce_all(delivery)
 
-    def step(self) -> None:
-        self._port.serve(0)
-        self._handle_reports()
-        self._port.store_offsets(self._pipeline.tracker.committable())
+        return self._finishing(work)
+
+    def step(self) -> Published:
+        def work() -> None:
+            self._port.serve(0)
+            self._handle_reports()
+
+        return self._finishing(work)
+
+    def store_offsets(self, positions: Mapping[Partition, int]) -> None:
+        # librdkafka commits stored offsets every second, on revocation and on close (enable.auto.commit).
+        self._port.store_offsets(positions)
+
+    def abandon(self, deadline: float) -> Published:
+        return Published()  # undelivered records are simply not committed: they are read again
 
     def _wait_for_room(self) -> None:
         super()._wait_for_room()
@@ -154,13 +192,13 @@ class AtLeastOncePublisher(_Producing):
 
     def _handle_reports(self) -> None:
         for (tag, delivery, index), error in self._port.take_reports():
-            if tag != self._tag or not self._pipeline.is_current(delivery):
+            if tag != self._tag or not self._is_current(delivery):
                 continue  # from before a replay or a revocation: the record is being redone elsewhere
             if error is None:
                 delivery.pending -= 1
                 if delivery.pending == 0:
-                    self._pipeline.done(delivery)
-            elif error.kind in REDO_KINDS:
+                    self._done.append(delivery)
+            elif for_delivery_report(error) is Action.PRODUCE_AGAIN:
                 self._replay_after(error, delivery)
             else:
                 self._refused(delivery, index, error)
@@ -173,14 +211,7 @@ class AtLeastOncePublisher(_Producing):
                     delivery.messages[0].topic, error)
         self._port.purge_queued()
         self._tag += 1
-        self._pipeline.replay(f"delivery failed: {error}")
-
-    def release(self, partitions: list[Partition]) -> None:
-        # librdkafka commits the stored offsets of revoked partitions itself (enable.auto.commit).
-        self._port.store_offsets(self._pipeline.tracker.committable())
-
-    def abandon(self, deadline: float) -> None:
-        pass  # undelivered records are simply not committed: they are read again
+        raise _Replay(f"delivery failed: {error}")
 
 
 IDLE, COMMITTING, ABORTING = "idle", "committing", "aborting"
@@ -188,6 +219,8 @@ IDLE, COMMITTING, ABORTING = "idle", "committing", "aborting"
 
 class TransactionalPublisher(_Producing):
     """Every finished window (several at once when they queue up) in one transaction with its offsets."""
+
+    transactional = True
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -206,13 +239,16 @@ class TransactionalPublisher(_Producing):
     def idle(self) -> bool:
         return self._state == IDLE and not self._waiting
 
-    def publish(self, deliveries: list[Delivery]) -> None:
+    def publish(self, deliveries: list[Delivery]) -> Published:
         if deliveries:
             self._waiting.append(deliveries)
-        self._advance()
+        return self._finishing(self._advance)
 
-    def step(self) -> None:
-        self._advance()
+    def step(self) -> Published:
+        return self._finishing(self._advance)
+
+    def store_offsets(self, positions: Mapping[Partition, int]) -> None:
+        pass  # offsets travel inside the transactions
 
     def _advance(self) -> None:
         while True:
@@ -228,7 +264,7 @@ class TransactionalPublisher(_Producing):
 
     # --- one transaction ---
     def _begin(self) -> None:
-        deliveries = [d for batch in self._waiting for d in batch if self._pipeline.is_current(d)]
+        deliveries = [d for batch in self._waiting for d in batch if self._is_current(d)]
         self._waiting.clear()
         if not deliveries:
             return
@@ -236,7 +272,7 @@ class TransactionalPublisher(_Producing):
         try:
             self._port.begin_transaction()
         except KafkaCallError as exc:
-            raise fatal_for(exc.error, "begin_transaction") from None
+            raise fatal_for(exc.error, "begin_transaction") from None  # nothing is open yet to abort
         self._txn = deliveries
         self._state = COMMITTING
         self._since = self._clock()
@@ -264,28 +300,22 @@ class TransactionalPublisher(_Producing):
             delivery.messages[index] = self._replacement(delivery, index, error)
             delivery.escalations += 1
 
-    def _refused(self, delivery: Delivery, index: int, error: ClientError) -> None:
-        if error.txn_requires_abort or error.code == "_STATE":
-            raise _Abort(f"produce: {error}")
-        if error.kind == ErrorKind.FATAL:
-            raise fatal_for(error, "produce")
-        super()._refused(delivery, index, error)
-
     def _send_offsets(self, positions: dict[Partition, int]) -> None:
-        for attempt, backoff in enumerate((*BACKOFF_S, None)):
+        for backoff in (*BACKOFF_S, None):
             try:
                 self._port.send_offsets(positions, TXN_CALL_TIMEOUT_S)
                 return
             except KafkaCallError as exc:
                 error = exc.error
-                if error.txn_requires_abort:
+                action = for_transaction_call(error)
+                if action is Action.ABORT:
                     raise _Abort(f"send_offsets_to_transaction: {error}") from None
-                if not error.retriable or error.kind == ErrorKind.FATAL:
+                if action is Action.FATAL:
                     raise fatal_for(error, "send_offsets_to_transaction") from None
                 if backoff is None:
                     raise _Abort(f"send_offsets_to_transaction kept failing: {error}") from None
                 log.warning("send_offsets_to_transaction failed (%s); retrying with the same offsets", error)
-                self._pipeline.beat()
+                self._beat()
                 time.sleep(backoff)
 
     def _try_commit(self) -> None:
@@ -293,9 +323,10 @@ class TransactionalPublisher(_Producing):
             self._port.commit_transaction(TXN_CALL_TIMEOUT_S)
         except KafkaCallError as exc:
             error = exc.error
-            if error.txn_requires_abort:
+            action = for_transaction_call(error)
+            if action is Action.ABORT:
                 self._start_abort(f"commit_transaction: {error}")
-            elif error.retriable and error.kind != ErrorKind.FATAL:
+            elif action is Action.CALL_AGAIN:
                 if self._clock() - self._since > TXN_RETRY_LIMIT_S:
                     self._start_abort(f"commit_transaction kept failing for {TXN_RETRY_LIMIT_S:.0f} s: {error}")
                 else:
@@ -308,9 +339,7 @@ class TransactionalPublisher(_Producing):
         committed, self._txn = self._txn, []
         self._state = IDLE
         self._port.take_reports()  # all delivered, or the commit would have failed
-        for delivery in committed:
-            if self._pipeline.is_current(delivery):
-                self._pipeline.done(delivery)
+        self._done.extend(d for d in committed if self._is_current(d))
 
     def _schedule_retry(self) -> None:
         self._next_try = self._clock() + BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
@@ -330,21 +359,27 @@ class TransactionalPublisher(_Producing):
         """What the delivery reports of the failed transaction say about its records."""
         self._port.serve(0)
         for (tag, delivery, index), error in self._port.take_reports():
-            if tag != self._tag or error is None or error.kind in REDO_KINDS:
+            if tag != self._tag or error is None:
                 continue
-            # Raises FatalError when no replacement is possible (the topic, not the record, is the problem).
+            action = for_delivery_report(error)
+            if action is Action.PRODUCE_AGAIN:
+                continue
+            refused = delivery.messages[index]
+            if action is Action.FATAL:
+                raise fatal_for(error, f"writing to {refused.topic}")
+            # Raises FatalError when not even a minimal dead letter could replace it.
             replacement = self._replacement(delivery, index, error)
             source = delivery.source
             self._refusals.setdefault((source.topic, source.partition, source.offset), []).append((index, error))
             log.warning("record %s[%d]@%d refused by %s (%s); it will be replaced by %s after the rewind",
-                        source.topic, source.partition, source.offset, delivery.messages[index].topic, error,
-                        "a minimal dead letter" if replacement.key is None and replacement.value is None else "a dead letter")
+                        source.topic, source.partition, source.offset, refused.topic, error,
+                        "a minimal dead letter" if replacement.minimal else "a dead letter")
 
     def _try_abort(self) -> None:
         try:
             self._port.abort_transaction(TXN_CALL_TIMEOUT_S)
         except KafkaCallError as exc:
-            if exc.error.retriable and exc.error.kind != ErrorKind.FATAL:
+            if for_transaction_call(exc.error, aborting=True) is Action.CALL_AGAIN:
                 log.warning("abort_transaction failed (%s); calling it again", exc.error)
                 self._schedule_retry()
                 return
@@ -354,21 +389,22 @@ class TransactionalPublisher(_Producing):
         self._txn = []
         self._waiting.clear()
         self._state = IDLE
-        self._pipeline.replay(f"transaction aborted ({self._abort_reason})")
+        raise _Replay(f"transaction aborted ({self._abort_reason})")
 
     # --- rebalance and shutdown ---
-    def release(self, partitions: list[Partition]) -> None:
-        pass  # offsets travel inside the transactions
-
-    def abandon(self, deadline: float) -> None:
+    def abandon(self, deadline: float) -> Published:
         """Abort the open transaction, if any, within ``deadline``."""
-        self._waiting.clear()
-        if self._state == COMMITTING:
-            self._start_abort("given up at the deadline")
-        while self._state == ABORTING and self._clock() < deadline:
-            self._pipeline.beat()
-            time.sleep(max(0.0, min(self._next_try, deadline) - self._clock()))
-            self._try_abort()
+
+        def work() -> None:
+            self._waiting.clear()
+            if self._state == COMMITTING:
+                self._start_abort("given up at the deadline")
+            while self._state == ABORTING and self._clock() < deadline:
+                self._beat()
+                time.sleep(max(0.0, min(self._next_try, deadline) - self._clock()))
+                self._try_abort()
+
+        return self._finishing(work)
 
 
 class _Abort(Exception):
@@ -379,8 +415,8 @@ class _Abort(Exception):
         self.reason = reason
 
 
-def make_publisher(port: KafkaPort, pipeline: Pipeline, renderer: Renderer,
-                   clock: Callable[[], float], wall_clock: Callable[[], float]) -> Publisher:
+def make_publisher(port: KafkaPort, renderer: Renderer, is_current: Callable[[Delivery], bool],
+                   beat: Callable[[], None], clock: Callable[[], float], wall_clock: Callable[[], float]) -> Publisher:
     """The publisher for the port's delivery mode: the only place that tells the two apart."""
     publisher = TransactionalPublisher if port.transactional else AtLeastOncePublisher
-    return publisher(port, pipeline, renderer, clock, wall_clock)
+    return publisher(port, renderer, is_current, beat, clock, wall_clock)

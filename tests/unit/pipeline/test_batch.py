@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from worker.batching import Batcher, padding_efficiency, plan_sub_batches
+from worker.pipeline.batch import Batcher, padding_efficiency, plan_sub_batches
 
 
 class FakeClock:

@@ -1,10 +1,11 @@
-"""The inference stage: a thread that runs the model over closed windows, one at a time, in order.
+"""Inference: the model's own thread, which runs the model over closed windows, one at a time, in order.
 
-The main thread hands it windows and takes back classified ones; nothing else crosses between
-the threads. A batch that makes the model raise is split in halves until the failing texts are
-isolated (those become dead letters). Before blaming a text, the stage checks that the model
+The main thread hands it windows (each becomes a :class:`WindowJob`) and takes back the finished
+jobs, their entries carrying predictions; nothing else crosses between the threads. A batch that
+makes the model raise is split in halves until the failing texts are isolated (those become dead
+letters). Before blaming a text, the thread checks that the model
 still answers for a known-good one (the canary): if the canary fails too, the model itself is
-broken, and the stage stops with :class:`ModelBroken` instead of dead-lettering the stream.
+broken, and the thread stops with :class:`ModelBroken` instead of dead-lettering the stream.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from worker.batching import Window
-from worker.errors import WorkerError
 from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
-from worker.wire.types import INFERENCE_ERROR, Comment, InputRecord, Prediction, Rejection
+from worker.errors import WorkerError
+from worker.pipeline.batch import Window
+from worker.pipeline.intake import Entry
+from worker.wire.types import INFERENCE_ERROR, Rejection
+
+# A text every sentiment model classifies: when the model raises for some texts, it is tried
+# once more on this one, to tell a broken model from texts the model cannot take.
+CANARY_TEXT = "이 영화 정말 재밌다!"
 
 
 class ModelBroken(WorkerError):
@@ -26,22 +32,9 @@ class ModelBroken(WorkerError):
 
 
 @dataclass
-class Entry:
-    """One consumed record inside a window, with what became of it."""
+class WindowJob:
+    """One closed window on the model's thread: when it was dispatched, started and finished, and its cost."""
 
-    item: Comment | Rejection
-    epoch: int
-    arrived_at: float
-    encoding: Encoding | None = None
-    prediction: Prediction | None = None
-
-    @property
-    def record(self) -> InputRecord:
-        return self.item.record
-
-
-@dataclass
-class Classified:
     window: Window[Entry]
     dispatched_at: float
     started_at: float = 0.0
@@ -72,7 +65,7 @@ def classify_isolating(
     return left + right, failures, None
 
 
-class InferenceStage:
+class InferenceThread:
     """Runs the model on its own thread. Windows go in with :meth:`submit`, come out of :meth:`take`."""
 
     def __init__(
@@ -86,8 +79,8 @@ class InferenceStage:
         self._sub_batch_max_tokens = sub_batch_max_tokens
         self._canary = canary
         self._clock = clock
-        self._todo: queue.Queue[Classified | None] = queue.Queue()
-        self._done: queue.Queue[Classified] = queue.Queue()
+        self._todo: queue.Queue[WindowJob | None] = queue.Queue()
+        self._done: queue.Queue[WindowJob] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.in_flight = 0  # windows submitted and not yet taken back (main thread only)
         self.error: BaseException | None = None
@@ -105,11 +98,11 @@ class InferenceStage:
 
     def submit(self, window: Window[Entry]) -> None:
         self.in_flight += 1
-        self._todo.put(Classified(window, dispatched_at=self._clock()))
+        self._todo.put(WindowJob(window, dispatched_at=self._clock()))
 
-    def take(self, block_s: float = 0.0) -> list[Classified]:
+    def take(self, block_s: float = 0.0) -> list[WindowJob]:
         """Finished windows, oldest first; waits up to ``block_s`` for the first one."""
-        finished: list[Classified] = []
+        finished: list[WindowJob] = []
         try:
             finished.append(self._done.get(timeout=block_s) if block_s > 0 else self._done.get_nowait())
             while True:
@@ -127,7 +120,7 @@ class InferenceStage:
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which stops the worker
             self.error = exc
 
-    def _classify(self, job: Classified) -> None:
+    def _classify(self, job: WindowJob) -> None:
         job.started_at = self._clock()
         entries = [e for e in job.window.items if e.encoding is not None]
         if not entries:
