@@ -79,7 +79,7 @@ def random_weight_model(target: Path) -> Path:
 
 def load_texts(path: Path, count: int) -> list[str]:
     """``count`` texts from an NSMC-format TSV, cycling through the file if it has fewer."""
-    from worker.evaluation import read_nsmc
+    from worker.datasets import read_nsmc
 
     texts = [text for text, _ in read_nsmc(path)]
     return [texts[i % len(texts)] for i in range(count)]

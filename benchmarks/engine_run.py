@@ -50,7 +50,7 @@ def main() -> int:
 
     from worker.engines.base import classify_encoded
     from worker.engines.loading import load_classifier
-    from worker.evaluation import read_nsmc
+    from worker.datasets import read_nsmc
     from worker.settings import load_settings
 
     overrides = {"model": args.model, "engine": args.engine, "dtype": args.dtype, "compile": "off"}

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
-from worker.evaluation import read_nsmc_rows
+from worker.datasets import read_nsmc_rows
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"

@@ -76,7 +76,7 @@ def tiny_classifier(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def nsmc_rows() -> list[tuple[str, str, int]]:
     """(id, document, label) from the committed NSMC sample, non-empty documents only."""
-    from worker.evaluation import read_nsmc_rows
+    from worker.datasets import read_nsmc_rows
 
     return read_nsmc_rows(NSMC_SAMPLE)
 

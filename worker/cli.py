@@ -151,7 +151,8 @@ def cmd_classify(settings: Settings, texts: Sequence[str], as_json: bool) -> int
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.evaluation import format_report, read_nsmc, score_rows, summarize
+    from worker.datasets import read_nsmc
+    from worker.evaluation import format_report, score_rows, summarize
 
     if args.plots:
         from worker.plots import pyplot

@@ -6,40 +6,14 @@ calibration error are plain functions of (score, truth) pairs that a test can ch
 
 from __future__ import annotations
 
-import csv
 import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from tqdm import tqdm
 
 from worker.engines.base import Classifier, classify_encoded
-
-
-def read_nsmc_rows(path: Path, limit: int | None = None) -> list[tuple[str, str, int]]:
-    """(id, document, label) rows; NSMC has literal quotes, so no CSV quoting. Empty documents are skipped."""
-    rows: list[tuple[str, str, int]] = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        if header[:3] != ["id", "document", "label"]:
-            raise ValueError(f"{path}: expected header id, document, label; found {header}")
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != 3 or row[2] not in ("0", "1"):
-                raise ValueError(f"{path}:{line_no}: expected 3 columns with label 0 or 1, got {row!r}")
-            if row[1].strip():
-                rows.append((row[0], row[1], int(row[2])))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
-
-
-def read_nsmc(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
-    """(document, label) rows of :func:`read_nsmc_rows`."""
-    return [(document, label) for _, document, label in read_nsmc_rows(path, limit)]
-
 
 # Thresholds on the "negative" score reported by default: the coarse steps, then the fine steps where
 # moderators usually set an automatic flag.

@@ -25,7 +25,7 @@ from worker.engines.registry import ENGINES, build
 from worker.engines.selection import Candidate
 from worker.engines.source import ModelSource
 from worker.errors import ModelLoadError
-from worker.evaluation import read_nsmc
+from worker.datasets import read_nsmc
 from worker.settings import load_settings
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 0.02, "int8": 0.1}

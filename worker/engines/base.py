@@ -2,20 +2,16 @@
 
 The loop, the evaluation and the command line talk to a :class:`Classifier` (so tests can pass a
 fake and nothing outside ``worker.engines`` touches torch); :func:`classify_encoded` sends encoded
-texts through one in length-sorted sub-batches. :class:`ExportedClassifier` is the shared half of
-the engines that run an exported model on numpy batches (ONNX Runtime, OpenVINO).
+texts through one in length-sorted sub-batches whose padded size fits a token budget
+(:func:`plan_sub_batches`), so little compute is spent on padding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from worker.batching import padding_efficiency, plan_sub_batches
 from worker.wire.types import Prediction
-
-if TYPE_CHECKING:
-    from worker.engines.source import ModelSource
 
 
 @dataclass(frozen=True)
@@ -60,6 +56,36 @@ class BatchOutcome:
     passes: int
 
 
+def plan_sub_batches(lengths: Sequence[int], max_padded_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Group indices of ``lengths`` into length-sorted sub-batches.
+
+    Each sub-batch pads to its longest member; the greedy cut keeps
+    ``rows * longest <= max_padded_tokens`` (a single over-long text still gets
+    its own sub-batch). Sorting makes neighbours similar in length, which is
+    what keeps padding low.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    plan: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = lengths[index]  # ascending order: the newcomer is the longest
+        too_many_rows = max_rows is not None and len(current) >= max_rows
+        if current and ((len(current) + 1) * longest > max_padded_tokens or too_many_rows):
+            plan.append(current)
+            current = []
+        current.append(index)
+    if current:
+        plan.append(current)
+    return plan
+
+
+def padding_efficiency(lengths: Sequence[int], plan: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """(real tokens, padded tokens) for a plan."""
+    real = sum(lengths)
+    padded = sum(len(group) * max(lengths[i] for i in group) for group in plan if group)
+    return real, padded
+
+
 def classify_encoded(classifier: Classifier, encodings: Sequence[Encoding], sub_batch_max_tokens: int) -> BatchOutcome:
     """Length-sorted sub-batches through the classifier; results in input order."""
     lengths = [len(e.ids) for e in encodings]
@@ -88,25 +114,3 @@ def warm_up_shapes(classifier: Classifier) -> None:
     """
     for text, rows in (("워밍업", 1), ("워밍업", 8), ("워밍업 " * 40, 1), ("워밍업 " * 40, 8)):
         classify_encoded(classifier, classifier.encode([text] * rows), 4096)
-
-
-class ExportedClassifier:
-    """A classifier whose model runs outside torch on padded int64 numpy batches; subclasses supply :meth:`_logits`."""
-
-    def __init__(self, source: ModelSource, info: dict[str, str]) -> None:
-        self.encoder = source.encoder
-        self.labels = list(source.labels)
-        self.info = info
-
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        return self.encoder.encode(texts)
-
-    def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
-        input_ids, attention = self.encoder.pad(batch)
-        return softmax(self._logits(input_ids, attention))
-
-    def _logits(self, input_ids: Any, attention_mask: Any) -> Any:
-        raise NotImplementedError
-
-    def warm_up(self) -> None:
-        warm_up_shapes(self)

@@ -11,7 +11,7 @@ AGREEMENT_ROWS = 1000  # timed and checked against the reference; the rest calib
 
 @lru_cache(maxsize=1)
 def _rows() -> tuple[tuple[str, int], ...]:
-    from worker.evaluation import read_nsmc
+    from worker.datasets import read_nsmc
 
     with resources.as_file(resources.files("worker") / "data" / "calibration.tsv") as path:
         return tuple(read_nsmc(Path(path)))

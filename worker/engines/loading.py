@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from worker.engines.base import Classifier
-from worker.engines.cache import FORMAT_VERSION, EngineCache, cache_key, directory_fingerprint, library_versions, model_fingerprint
+from worker.engines.cache import (
+    FORMAT_VERSION,
+    EngineCache,
+    cache_key,
+    directory_fingerprint,
+    library_versions,
+    model_fingerprint,
+)
 from worker.engines.calibration import agreement_rows
 from worker.engines.device import cuda_possible, resolve_device, resolve_dtype, usable_cpus
 from worker.engines.labels import nsmc_positive_index

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.engines.base import ExportedClassifier
 from worker.engines.cache import EngineCache, library_versions
 from worker.engines.export import onnx_export, onnx_name
+from worker.engines.exported import ExportedClassifier
 from worker.engines.source import ModelSource
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.engines.base import ExportedClassifier
 from worker.engines.cache import EngineCache, library_versions
 from worker.engines.calibration import statistics_texts
 from worker.engines.export import onnx_export
+from worker.engines.exported import ExportedClassifier
 from worker.engines.source import ModelSource
 
 log = logging.getLogger(__name__)

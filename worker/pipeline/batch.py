@@ -1,17 +1,17 @@
-"""Micro-batching: when a batch closes, and how it is cut into padded forward passes. No Kafka here.
+"""Micro-batching: when a batch closes. No Kafka here.
 
 A batch (a *window* of consumed records, in consumption order) closes at a maximum
 number of messages, a maximum number of real tokens, or a maximum wait after its
-first message, whichever comes first. For inference its texts are sorted by length
-and cut into sub-batches whose padded size fits a token budget, so little compute
-is spent on padding (see text-embeddings-inference's queue for the same idea).
+first message, whichever comes first (see text-embeddings-inference's queue for the
+same idea). How a window is cut into padded forward passes is the model side's:
+:func:`worker.engines.base.plan_sub_batches`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, Generic, TypeVar
 
 Item = TypeVar("Item")
 
@@ -79,33 +79,3 @@ class Batcher(Generic[Item]):
         window, self._window = self._window, Window()
         window.closed_at = self._clock()
         return window
-
-
-def plan_sub_batches(lengths: Sequence[int], max_padded_tokens: int, max_rows: int | None = None) -> list[list[int]]:
-    """Group indices of ``lengths`` into length-sorted sub-batches.
-
-    Each sub-batch pads to its longest member; the greedy cut keeps
-    ``rows * longest <= max_padded_tokens`` (a single over-long text still gets
-    its own sub-batch). Sorting makes neighbours similar in length, which is
-    what keeps padding low.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    plan: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        longest = lengths[index]  # ascending order: the newcomer is the longest
-        too_many_rows = max_rows is not None and len(current) >= max_rows
-        if current and ((len(current) + 1) * longest > max_padded_tokens or too_many_rows):
-            plan.append(current)
-            current = []
-        current.append(index)
-    if current:
-        plan.append(current)
-    return plan
-
-
-def padding_efficiency(lengths: Sequence[int], plan: Sequence[Sequence[int]]) -> tuple[int, int]:
-    """(real tokens, padded tokens) for a plan."""
-    real = sum(lengths)
-    padded = sum(len(group) * max(lengths[i] for i in group) for group in plan if group)
-    return real, padded

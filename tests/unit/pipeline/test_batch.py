@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from worker.pipeline.batch import Batcher, padding_efficiency, plan_sub_batches
+from worker.engines.base import padding_efficiency, plan_sub_batches
+from worker.pipeline.batch import Batcher
 
 
 class FakeClock:

@@ -1,0 +1,30 @@
+"""The shared half of the engines that run an exported model on padded numpy batches (ONNX Runtime, OpenVINO)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from worker.engines.base import Encoding, softmax, warm_up_shapes
+from worker.engines.source import ModelSource
+
+
+class ExportedClassifier:
+    """A classifier whose model runs outside torch on padded int64 numpy batches; subclasses supply :meth:`_logits`."""
+
+    def __init__(self, source: ModelSource, info: dict[str, str]) -> None:
+        self.encoder = source.encoder
+        self.labels = list(source.labels)
+        self.info = info
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return self.encoder.encode(texts)
+
+    def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
+        input_ids, attention = self.encoder.pad(batch)
+        return softmax(self._logits(input_ids, attention))
+
+    def _logits(self, input_ids: Any, attention_mask: Any) -> Any:
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        warm_up_shapes(self)
