@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NSMC_SAMPLE, build_tiny_model
+from harness.models import build_tiny_model
+from harness.paths import NSMC_SAMPLE
 from worker.engines import (
     SUPPORTED_PRECISIONS,
     build,

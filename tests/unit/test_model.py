@@ -2,7 +2,8 @@ import pytest
 
 from worker.errors import ModelLoadError
 from worker.model import Encoding, HFClassifier, classify_encoded, resolve_dtype, resolve_labels, to_prediction
-from tests.conftest import TOKENIZER_DIR, build_tiny_model
+from harness.models import build_tiny_model
+from harness.paths import TOKENIZER_DIR
 
 
 def test_tokenizer_gives_exact_koelectra_v3_ids():
