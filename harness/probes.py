@@ -121,7 +121,10 @@ class HealthProber:
             at = time.time() - self.started_at
             ready, ready_body = endpoint_json(self._port, "/readyz")
             live, _ = http_get(f"http://127.0.0.1:{self._port}/healthz")
-            metrics = scrape(self._port, timeout_s=2) or {}
+            try:
+                metrics = scrape(self._port, timeout_s=2) or {}
+            except ValueError:  # a body cut short by the worker's exit: no gauge seen this time
+                metrics = {}
             blocked = frozenset(labels.get("reason", "") for labels, value in metrics.get("worker_blocked", [])
                                 if value == 1)
             self._samples.append(Probe(at, ready, ready_body, live, blocked))
