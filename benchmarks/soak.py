@@ -20,12 +20,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (the broker, topic, process and scraping helpers of make bench)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the checkout's packages first
+
+from benchmarks.inputs import RESULTS, default_data, default_model, load_texts, log, machine_info  # noqa: E402
+from benchmarks.through_kafka import drop_topics, launch, own_broker, preload, worker_process_env  # noqa: E402
+from harness.broker import bootstrap_servers  # noqa: E402
+from harness.probes import metric, model_info, scrape  # noqa: E402
+from harness.processes import check_running, free_port, rss_mb, terminate  # noqa: E402
+from harness.topics import fresh_topics  # noqa: E402
 
 
 def main() -> int:
@@ -40,45 +45,39 @@ def main() -> int:
     args = parser.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.env)
 
-    model, _ = bench.default_model()
-    data = bench.default_data()
-    bootstrap, started_broker = bench.start_own_broker()
-    run_id = uuid.uuid4().hex[:8]
-    topics = {"in": f"soak-in-{run_id}", "out": f"soak-out-{run_id}", "dlq": f"soak-dlq-{run_id}"}
+    model, _ = default_model()
+    data = default_data()
     cache = Path(tempfile.mkdtemp(prefix="soak-engines-"))
-    worker = None
     try:
-        bench.create_topics(bootstrap, {topics["in"]: args.partitions, topics["out"]: args.partitions, topics["dlq"]: 1})
-        bench.log(f"pre-loading {args.messages} messages into {topics['in']}")
-        bench.produce_all(bootstrap, topics["in"], bench.load_texts(data, args.messages), "soak")
-        port = bench.free_port()
-        env = {**bench.worker_process_env(bootstrap, topics, model, port, cache, f"soak-{run_id}"), **extra}
-        log_path = bench.RESULTS / "soak-worker.log"
-        bench.RESULTS.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w") as log_file:
-            worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], cwd=bench.ROOT, env=env,
-                                      stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        samples = sample_until_done(args, worker, port)
-        info = bench.model_info(bench.scrape(port))
+        with bootstrap_servers(None, own_broker(), reuse=True) as bootstrap:
+            topics = fresh_topics(bootstrap, args.partitions, prefix="soak-")
+            worker = None
+            try:
+                log(f"pre-loading {args.messages} messages into {topics['input']}")
+                preload(bootstrap, topics["input"], load_texts(data, args.messages), "soak")
+                port = free_port()
+                env = {**worker_process_env(bootstrap, topics, model, port, cache), **extra}
+                worker = launch(env, "soak-worker.log")
+                samples = sample_until_done(args, worker, port)
+                info = model_info(scrape(port) or {})
+            finally:
+                if worker is not None:
+                    terminate(worker, 60)
+                drop_topics(bootstrap, list(topics.values()))
     finally:
-        if worker is not None:
-            bench.stop_worker(worker)
-        bench.delete_topics(bootstrap, list(topics.values()))
-        if started_broker:
-            bench.stop_own_broker()
         shutil.rmtree(cache, ignore_errors=True)
     summary = summarize(samples, args.warm_up)
     name = f"{info.get('engine', 'auto')}-{info.get('precision', 'auto')}"
-    result = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": bench.machine_info(),
+    result = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
               "model": str(model), "data": str(data), "messages": args.messages, "worker_env": extra,
               "model_info": info, "summary": summary, "samples": samples}
-    output = args.output or bench.RESULTS / f"soak-{name}.json"
+    output = args.output or RESULTS / f"soak-{name}.json"
     output.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     m = result["machine"]
     print(f"{m['cpu']}, {m['cores']} cores; {name}; {args.messages} messages at {summary['messages_per_s']}/s: "
           f"RSS {summary['rss_mb_at_warm_up']} MB at {summary['warm_up_at']} results, {summary['rss_mb_end']} MB at "
           f"the end, largest {summary['rss_mb_max']} MB: {summary['change_percent']:+.1f} % (target within ±10 %)")
-    bench.log(f"wrote {output}")
+    log(f"wrote {output}")
     return 0
 
 
@@ -87,19 +86,17 @@ def sample_until_done(args: argparse.Namespace, worker: subprocess.Popen, port: 
     started = time.time()
     next_report = 0
     while time.time() - started < args.timeout:
-        if worker.poll() is not None:
-            raise RuntimeError(f"worker exited with {worker.returncode}; see {bench.RESULTS / 'soak-worker.log'}")
-        try:
-            values = bench.scrape(port)
-        except OSError:
+        check_running(worker, RESULTS / "soak-worker.log")
+        values = scrape(port)
+        if values is None:
             time.sleep(1)
             continue
-        done = int(bench.metric(values, "worker_results_produced_total"))
-        rss = bench.rss_mb(worker.pid)
+        done = int(metric(values, "worker_results_produced_total"))
+        rss = rss_mb(worker.pid)
         if done > 0:
             samples.append({"at_s": round(time.time() - started, 1), "results": done, "rss_mb": rss})
         if done >= next_report:
-            bench.log(f"{done} of {args.messages} results, RSS {rss} MB")
+            log(f"{done} of {args.messages} results, RSS {rss} MB")
             next_report = done + max(args.messages // 20, 1)
         if done >= args.messages:
             return samples

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,56 +19,21 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from tqdm import tqdm
 
+from harness.broker import LocalBroker, bootstrap_servers
+from harness.paths import NSMC_SAMPLE, NSMC_TEST, STAND_IN
+from harness.processes import connection_env, free_port, start_worker_process, terminate, wait_ready
+from harness.stats import percentile
+from harness.topics import fresh_topics
 from worker.datasets import read_nsmc_rows
 
-REPO = Path(__file__).resolve().parent.parent
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
-STAND_IN = REPO.parent / "shared" / "models" / "koelectra-small-v3-nsmc-scratch"
-FULL_TEST = REPO.parent / "shared" / "data" / "ratings_test.txt"
-SAMPLE = REPO / "tests" / "data" / "nsmc_sample.tsv"
 KOREAN = {"positive": "긍정", "negative": "부정"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
-
-
-def wait_until_serving(port: int, worker: subprocess.Popen, log_path: Path, timeout_s: float = 600) -> None:
-    """Until /readyz says the model is warm and partitions are assigned."""
-    import urllib.error
-    import urllib.request
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if worker.poll() is not None:
-            raise SystemExit(f"the worker exited ({worker.returncode}); see {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                if json.loads(response.read()).get("assigned_partitions", 0) > 0:
-                    return
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the worker did not become ready in {timeout_s:.0f}s; see {log_path}")
-
-
-def create_topics(bootstrap: str, topics: dict) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(topics["input"], 3, 1), NewTopic(topics["output"], 3, 1), NewTopic(topics["dlq"], 1, 1)]
-    )
-    for future in futures.values():
-        future.result(30)
+def local_broker() -> LocalBroker:
+    """The broker `make run` uses: kafka.sh's own defaults unless KAFKA_PORT / KAFKA_DATA_DIR say otherwise."""
+    return LocalBroker(int(os.environ.get("KAFKA_PORT", "9092")), Path(os.environ.get("KAFKA_DATA_DIR", "/tmp/koelectra-kafka")))
 
 
 def stream_and_view(bootstrap: str, topics: dict, run_id: str, reviews: list, worker: subprocess.Popen,
@@ -117,37 +80,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000, help="reviews to stream (default 2000)")
     parser.add_argument("--rate", type=float, default=0, help="messages per second to offer (0: as fast as possible)")
-    parser.add_argument("--data", type=Path, default=FULL_TEST if FULL_TEST.exists() else SAMPLE)
+    parser.add_argument("--data", type=Path, default=NSMC_TEST if NSMC_TEST.exists() else NSMC_SAMPLE)
     parser.add_argument("--show", type=int, default=15, help="result lines to print while streaming")
     args = parser.parse_args()
 
-    started_broker = False
-    bootstrap = os.environ.get("WORKER_BOOTSTRAP_SERVERS")
-    if not bootstrap:
+    named = os.environ.get("WORKER_BOOTSTRAP_SERVERS")
+    if not named:
         print("starting the local Apache Kafka broker (deploy/kafka/kafka.sh start) ...", flush=True)
-        subprocess.run(["bash", str(KAFKA_SH), "start"], check=True)
-        bootstrap = subprocess.run(["bash", str(KAFKA_SH), "bootstrap"], check=True, capture_output=True,
-                                   text=True).stdout.strip()
-        started_broker = True
+    with bootstrap_servers(named, local_broker(), reuse=True) as bootstrap:
+        return demo(args, bootstrap)
+
+
+def demo(args: argparse.Namespace, bootstrap: str) -> int:
     model = os.environ.get("WORKER_MODEL") or (str(STAND_IN) if STAND_IN.is_dir() else "daekeun-ml/koelectra-small-v3-nsmc")
     run_id = uuid.uuid4().hex[:6]
-    topics = {"input": f"demo-comments-{run_id}", "output": f"demo-classified-{run_id}", "dlq": f"demo-dlq-{run_id}"}
-    worker = None
+    topics = fresh_topics(bootstrap, prefix="demo-")
+    metrics_port = int(os.environ.get("WORKER_METRICS_PORT") or free_port())
+    env = {**os.environ, **connection_env(bootstrap, topics, model, group=f"demo-{run_id}"),
+           "WORKER_METRICS_PORT": str(metrics_port), "WORKER_METRICS_HOST": "127.0.0.1"}
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"koelectra-demo-{run_id}.log"
+    print(f"model: {model}\nbroker: {bootstrap}\ntopics: {topics['input']} -> {topics['output']}\n"
+          f"metrics: http://127.0.0.1:{metrics_port}/metrics   worker log: {log_path}", flush=True)
+    worker = start_worker_process(env, log_path, truncate=True)
     try:
-        create_topics(bootstrap, topics)
-        metrics_port = int(os.environ.get("WORKER_METRICS_PORT") or free_port())
-        env = {**os.environ, "WORKER_BOOTSTRAP_SERVERS": bootstrap, "WORKER_INPUT_TOPIC": topics["input"],
-               "WORKER_OUTPUT_TOPIC": topics["output"], "WORKER_DLQ_TOPIC": topics["dlq"],
-               "WORKER_GROUP_ID": f"demo-{run_id}", "WORKER_MODEL": model, "WORKER_METRICS_PORT": str(metrics_port),
-               "WORKER_METRICS_HOST": "127.0.0.1"}
-        log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"koelectra-demo-{run_id}.log"
-        print(f"model: {model}\nbroker: {bootstrap}\ntopics: {topics['input']} -> {topics['output']}\n"
-              f"metrics: http://127.0.0.1:{metrics_port}/metrics   worker log: {log_path}", flush=True)
-        worker = subprocess.Popen([sys.executable, "-m", "worker.cli", "run"], env=env, cwd=REPO,
-                                  stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-
         print("loading the model and joining the consumer group ...", flush=True)
-        wait_until_serving(metrics_port, worker, log_path)
+        try:
+            wait_ready(worker, metrics_port, 600, log_path, assigned=True, interval_s=0.5)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         reviews = read_nsmc_rows(args.data, args.messages)
         truth = {doc_id: label for doc_id, _, label in reviews}
         results, elapsed = stream_and_view(bootstrap, topics, run_id, reviews, worker, log_path, args.rate, args.show)
@@ -157,19 +117,12 @@ def main() -> int:
         print("\nsummary")
         print(f"  messages       {len(results)}")
         print(f"  throughput     {len(results) / elapsed:.1f} messages/s (first send to last result)")
-        print(f"  latency ms     p50 {percentile(latencies, 50):.0f}  p95 {percentile(latencies, 95):.0f}  "
-              f"p99 {percentile(latencies, 99):.0f}")
+        print(f"  latency ms     p50 {percentile(latencies, 0.50):.0f}  p95 {percentile(latencies, 0.95):.0f}  "
+              f"p99 {percentile(latencies, 0.99):.0f}")
         print(f"  accuracy       {correct / len(results):.4f} against the NSMC labels ({args.data.name})")
         return 0
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        if started_broker:
-            subprocess.run(["bash", str(KAFKA_SH), "stop"], check=False)
+        terminate(worker, 60)
 
 
 if __name__ == "__main__":

@@ -1,56 +1,18 @@
-"""Shared fixtures: a tiny KoELECTRA-shaped model built on the real v3 vocabulary, and the real Kafka broker."""
+"""Fixtures only (the tools are in harness/): a tiny KoELECTRA-shaped model on the real v3 vocabulary,
+the real Kafka brokers, fresh topics, and the counts the integration tests report."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data"
-TOKENIZER_DIR = DATA / "koelectra-v3-tokenizer"
-NSMC_SAMPLE = DATA / "nsmc_sample.tsv"
-KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
-
-
-def build_tiny_model(
-    target: Path, id2label: dict[int, str] | None = None, seed: int = 0, initializer_range: float = 0.02
-) -> Path:
-    """An ElectraForSequenceClassification of KoELECTRA-Small-v3's shape, scaled down, random weights.
-
-    With the default initialisation every text scores about 0.5; a larger ``initializer_range``
-    makes the scores spread over (0, 1) and depend on the words, attention and padding, which is
-    what comparing two engines' outputs needs.
-    """
-    import torch
-    from transformers import ElectraConfig, ElectraForSequenceClassification
-
-    id2label = id2label or {0: "negative", 1: "positive"}
-    config = ElectraConfig(
-        vocab_size=35000,
-        embedding_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        initializer_range=initializer_range,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-    )
-    torch.manual_seed(seed)
-    model = ElectraForSequenceClassification(config).eval()
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(target)
-    for name in ("vocab.txt", "tokenizer_config.json"):
-        shutil.copy(TOKENIZER_DIR / name, target / name)
-    return target
+from harness.broker import LocalBroker, bootstrap_servers, broker_port
+from harness.models import build_tiny_model
+from harness.paths import NSMC_SAMPLE
+from harness.topics import fresh_topics
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,76 +43,13 @@ def nsmc_rows() -> list[tuple[str, str, int]]:
     return read_nsmc_rows(NSMC_SAMPLE)
 
 
-def broker_port(offset: int) -> int:
-    """Ports of the test brokers: $TEST_KAFKA_PORT (default 19092) plus an offset per broker.
-
-    Below Linux's ephemeral range (32768-60999): a port in it may be taken by one of the many client
-    connections the tests open, and the broker then cannot bind it.
-    """
-    return int(os.environ.get("TEST_KAFKA_PORT", "19092")) + offset
-
-
-class LocalBroker:
-    """A single-node Apache Kafka (KRaft) run by deploy/kafka/kafka.sh; `variant` sets its optional
-    KAFKA_* variables (auto-create, SASL listener, ACLs: see deploy/kafka/README.md)."""
-
-    def __init__(self, port: int, data_dir: Path, variant: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.data_dir = data_dir
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.variant = dict(variant or {})
-
-    def _env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            **self.variant,
-            "KAFKA_PORT": str(self.port),
-            "KAFKA_CONTROLLER_PORT": str(self.port + 1),
-            "KAFKA_DATA_DIR": str(self.data_dir),
-        }
-
-    def run(self, *args: str, timeout: float = 300) -> None:
-        subprocess.run(["bash", str(KAFKA_SH), *args], env=self._env(), check=True, timeout=timeout)
-
-    def start(self) -> None:
-        self.run("start")
-
-    def stop(self) -> None:
-        self.run("stop")
-
-    def kill(self) -> None:
-        self.run("kill")
-
-    def stop_within(self, deadline_s: float) -> None:
-        """Graceful stop (kafka.sh itself SIGKILLs after $KAFKA_STOP_TIMEOUT); if even that hangs, kill."""
-        try:
-            self.run("stop", timeout=deadline_s)
-        except (subprocess.SubprocessError, OSError):
-            self.kill()
-    def pid(self) -> int:
-        return int((self.data_dir / "kafka.pid").read_text().strip())
-
-    def freeze(self) -> None:
-        """SIGSTOP the broker: connections stay open and nothing answers (a long GC pause, a hung host)."""
-        os.kill(self.pid(), signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        os.kill(self.pid(), signal.SIGCONT)
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
     """Bootstrap servers of a real broker: $KAFKA_BOOTSTRAP_SERVERS, or one started here for the session."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
+    named = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = LocalBroker(broker_port(0), tmp_path_factory.mktemp("kafka-data"))
-    broker.start()
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
+    with bootstrap_servers(named, broker) as bootstrap:
+        yield bootstrap
 
 
 SECURE_USERS = {"admin": "admin-secret", "worker": "worker-secret", "reader": "reader-secret"}
@@ -183,19 +82,13 @@ def secure_kafka(tmp_path_factory: pytest.TempPathFactory):
         "KAFKA_SUPER_USERS": "User:ANONYMOUS;User:admin",
         "KAFKA_STOP_TIMEOUT": "20",
     }
-    broker = LocalBroker(port, tmp_path_factory.mktemp("secure-kafka-data"), variant)
-    try:  # a start that fails half-way may leave a broker running: stop it too
-        broker.start()
+    with LocalBroker(port, tmp_path_factory.mktemp("secure-kafka-data"), variant, stop_deadline_s=60) as broker:
         yield SecureKafka(broker.bootstrap, f"127.0.0.1:{port + 2}", dict(SECURE_USERS))
-    finally:
-        broker.stop_within(60)
 
 
 @pytest.fixture
 def topics(kafka_bootstrap: str):
     """Fresh input, output and dead-letter topic names (3 input partitions), created on the broker."""
-    from tests.kafka_helpers import fresh_topics
-
     return fresh_topics(kafka_bootstrap)
 
 

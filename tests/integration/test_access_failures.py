@@ -23,26 +23,23 @@ from typing import Sequence
 import pytest
 from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, AdminClient, ResourcePatternType, ResourceType
 
-from tests.kafka_helpers import (
-    HealthProber,
-    Probe,
-    committed_and_end_offsets,
-    consume_all,
-    create_acls,
-    create_topics,
+from harness.clients import consume_all, produce
+from harness.offsets import committed_and_end_offsets, end_offsets
+from harness.probes import HealthProber, Probe
+from harness.processes import (
+    FATAL_EXIT,
+    FATAL_LINE_PREFIX,
     free_port,
-    produce,
     start_worker_process,
-    stop_process,
+    terminate,
     wait_exit,
     worker_env,
 )
+from harness.topics import create_acls, fresh_topics
 from worker.wire.types import INFERENCE_ERROR
 
 pytestmark = pytest.mark.integration
 
-FATAL_EXIT = 4
-FATAL_PREFIX = "worker: fatal: "
 ACCESS_TIMEOUT_S = 20  # WORKER_ACCESS_FAILURE_TIMEOUT_S in these tests (default 60)
 # librdkafka gives a missing topic topic.metadata.propagation.max.ms (30 s) to appear before it
 # fails the records; the bound leaves room for that, model loading and a loaded machine.
@@ -63,14 +60,6 @@ KIND_HEADER = "worker.error.kind"
 
 
 # --------------------------------------------------------------------------------------------- set-up
-
-
-def fresh_topics(bootstrap: str, create: Sequence[str] = ("input", "output", "dlq")) -> dict[str, str]:
-    """Topic names for one test (one partition each); only those in `create` are created."""
-    suffix = uuid.uuid4().hex[:8]
-    names = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dlq": f"dlq-{suffix}"}
-    create_topics(bootstrap, {names[role]: 1 for role in create})
-    return names
 
 
 def reviews(nsmc_rows, count: int, start: int = 0) -> list[tuple[bytes, bytes]]:
@@ -106,7 +95,7 @@ class Run:
 
     rc: int | None  # exit code; None: still running at the bound
     elapsed_s: float  # start to exit, or to the bound
-    stopped_rc: int  # exit code after stop_process (equals rc when it exited by itself)
+    stopped_rc: int | None  # exit code after terminate (equals rc when it exited by itself; None: killed)
     probes: list[Probe]
     lines: list[str]
 
@@ -159,7 +148,7 @@ def run_until_exit(env: dict[str, str], log: Path, bound_s: float, module: str =
             rc = wait_exit(process, bound_s)
             elapsed = time.time() - prober.started_at
         finally:
-            stopped_rc = stop_process(process)
+            stopped_rc, _ = terminate(process)
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     return Run(rc, elapsed, stopped_rc, prober.samples, lines)
 
@@ -171,14 +160,13 @@ def committed_position(bootstrap: str, names: dict[str, str]) -> int:
 
 
 def end_offset(bootstrap: str, topic: str) -> int:
-    _, end = committed_and_end_offsets(bootstrap, f"probe-{uuid.uuid4().hex[:6]}", topic)
-    return end[0]
+    return end_offsets(bootstrap, topic)[0]
 
 
 def assert_fatal(run: Run, pattern: str) -> None:
     """Exit 4, and the last line is the one-line fatal reason matching `pattern`."""
     assert run.rc == FATAL_EXIT, run.describe()
-    assert run.last_line.startswith(FATAL_PREFIX), f"last line is not the fatal reason:\n{run.describe()}"
+    assert run.last_line.startswith(FATAL_LINE_PREFIX), f"last line is not the fatal reason:\n{run.describe()}"
     assert re.search(pattern, run.last_line, re.IGNORECASE), f"{run.last_line!r} does not match {pattern!r}"
 
 
@@ -212,7 +200,7 @@ def assert_committed_only_delivered(bootstrap: str, names: dict[str, str], deliv
 
 def test_missing_destination_topic_ends_the_worker(secure_kafka, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
     bootstrap = secure_kafka.bootstrap
-    names = fresh_topics(bootstrap, create=("input", "dlq"))  # the output topic never exists
+    names = fresh_topics(bootstrap, partitions=1, create=("input", "dlq"))  # the output topic never exists
     produce(bootstrap, names["input"], [EMPTY_FIRST, *reviews(nsmc_rows, 10)])
 
     run = run_until_exit(worker_env(bootstrap, names, tiny_model_dir), tmp_path / "worker.log", MISSING_TOPIC_BOUND_S)
@@ -234,7 +222,7 @@ def test_missing_destination_topic_ends_the_worker(secure_kafka, tiny_model_dir,
 def test_wrong_password_makes_the_worker_not_ready_then_exit(
     delivery, secure_kafka, tiny_model_dir, nsmc_rows, tmp_path, fault_report
 ):
-    names = fresh_topics(secure_kafka.bootstrap)
+    names = fresh_topics(secure_kafka.bootstrap, partitions=1)
     produce(secure_kafka.bootstrap, names["input"], reviews(nsmc_rows, 5))
     password = f"wrong-{uuid.uuid4().hex[:8]}"
     env = worker_env(
@@ -245,7 +233,7 @@ def test_wrong_password_makes_the_worker_not_ready_then_exit(
     # librdkafka's own lines count too (they reach the log through its logger); the settings dump
     # at start names sasl.* properties, so only "authentication" marks a failure line.
     auth_lines = [
-        line for line in run.lines if re.search(r"authenticat", line, re.I) and not line.startswith(FATAL_PREFIX)
+        line for line in run.lines if re.search(r"authenticat", line, re.I) and not line.startswith(FATAL_LINE_PREFIX)
     ]
     first = run.first_failure
     fault_report(f"wrong password ({delivery})", rc=run.rc, exit_s=round(run.elapsed_s, 1),
@@ -275,7 +263,7 @@ def test_right_password_works_through_the_pass_through_and_is_never_logged(
     secure_kafka, tiny_model_dir, nsmc_rows, tmp_path, fault_report
 ):
     bootstrap = secure_kafka.bootstrap
-    names = fresh_topics(bootstrap)
+    names = fresh_topics(bootstrap, partitions=1)
     # What a deployment grants the worker (least privilege; DESCRIBE_CONFIGS lets it read the topics'
     # max.message.bytes). Kafka 4.1 asks no cluster ACL of an idempotent producer.
     create_acls(bootstrap, [
@@ -298,7 +286,7 @@ def test_right_password_works_through_the_pass_through_and_is_never_logged(
             running = process.poll() is None
             ready_now = prober.samples[-1].ready if prober.samples else None
         finally:
-            rc = stop_process(process)
+            rc, _ = terminate(process)
     text = log.read_text(encoding="utf-8", errors="replace")
     fault_report("right password", results=len(results), rc=rc, log_lines=len(text.splitlines()))
 
@@ -315,7 +303,7 @@ def test_right_password_works_through_the_pass_through_and_is_never_logged(
 @pytest.mark.parametrize("dlq_writable", [True, False], ids=["output-denied", "nothing-writable"])
 def test_write_denied_ends_the_worker(dlq_writable, secure_kafka, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
     bootstrap = secure_kafka.bootstrap
-    names = fresh_topics(bootstrap)
+    names = fresh_topics(bootstrap, partitions=1)
     acls = [
         *allow("reader", ResourceType.TOPIC, names["input"], AclOperation.READ),
         *allow("reader", ResourceType.GROUP, f"group-{names['input']}", AclOperation.READ),
@@ -348,7 +336,7 @@ def dead_letters(bootstrap: str, topic: str) -> list:
 
 def test_model_broken_after_start_up_ends_the_worker(secure_kafka, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
     bootstrap = secure_kafka.bootstrap
-    names = fresh_topics(bootstrap)
+    names = fresh_topics(bootstrap, partitions=1)
     produce(bootstrap, names["input"], reviews(nsmc_rows, 40))
     env = worker_env(bootstrap, names, tiny_model_dir)
     run = run_until_exit(env, tmp_path / "worker.log", MODEL_BOUND_S, "tests.integration.faulty_model", ["always"])
@@ -370,7 +358,7 @@ def test_one_poison_text_is_dead_lettered_and_the_rest_classified(
     secure_kafka, tiny_model_dir, nsmc_rows, tmp_path, fault_report
 ):
     bootstrap = secure_kafka.bootstrap
-    names = fresh_topics(bootstrap)
+    names = fresh_topics(bootstrap, partitions=1)
     poison = "이 문장은 모델을 넘어뜨린다 poison-7f3a"
     records = [*reviews(nsmc_rows, 30), (b"poison", poison.encode()), *reviews(nsmc_rows, 30, start=30)]
     produce(bootstrap, names["input"], records)
@@ -386,7 +374,7 @@ def test_one_poison_text_is_dead_lettered_and_the_rest_classified(
             running = process.poll() is None
             blocked = prober.blocked_reasons()
         finally:
-            rc = stop_process(process)
+            rc, _ = terminate(process)
     text = log.read_text(encoding="utf-8", errors="replace")
     fault_report("one poison text", results=len(results), dead_letters=len(dlq), rc=rc)
 

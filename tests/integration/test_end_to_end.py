@@ -9,16 +9,11 @@ import time
 
 import pytest
 
-from tests.kafka_helpers import (
-    committed_and_end_offsets,
-    consume_all,
-    produce,
-    running_worker,
-    start_worker_process,
-    wait_for,
-    worker_env,
-    worker_settings,
-)
+from harness.clients import consume_all, produce
+from harness.in_process import running_worker, worker_settings
+from harness.offsets import committed_and_end_offsets
+from harness.probes import wait_for
+from harness.processes import start_worker_process, worker_env
 from worker.metrics import WorkerMetrics
 from worker.engines.base import classify_encoded
 

@@ -12,22 +12,15 @@ float32 torch, and /metrics names the candidates that failed the check.
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_tiny_model
-from tests.kafka_helpers import (
-    consume_all,
-    free_port,
-    produce,
-    running_worker,
-    start_worker_process,
-    wait_for,
-    worker_env,
-    worker_settings,
-)
+from harness.clients import consume_all, produce
+from harness.in_process import running_worker, worker_settings
+from harness.models import build_tiny_model
+from harness.probes import http_get, wait_for
+from harness.processes import free_port, start_worker_process, terminate, worker_env
 from worker.engines.base import classify_encoded
 from worker.engines.loading import load_classifier
 from worker.engines.registry import ENGINES, unavailable
@@ -112,15 +105,10 @@ def test_auto_started_as_a_process_keeps_float32_where_reduced_precision_changes
     process = start_worker_process(env, log_path)
     try:
         results = results_by_key(kafka_bootstrap, topics["output"], len(rows))
-        wait_for(lambda: b"worker_engine_candidate" in _scrape(port), 30, message="engine metrics")
-        metrics = _scrape(port).decode()
+        wait_for(lambda: "worker_engine_candidate" in metrics_text(port), 30, message="engine metrics")
+        metrics = metrics_text(port)
     finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except Exception:  # noqa: BLE001 - a worker that will not stop is killed, then reported
-            process.kill()
-            process.wait(10)
+        terminate(process, 60)  # a worker that will not stop is killed, then reported
     assert process.returncode == 0, log_path.read_text()[-3000:]
 
     reference = torch_reference(sensitive_model, list(texts.values()))
@@ -137,8 +125,6 @@ def test_auto_started_as_a_process_keeps_float32_where_reduced_precision_changes
     assert "engine chosen:" in log_text and "| candidate |" in log_text
 
 
-def _scrape(port: int) -> bytes:
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    except OSError:
-        return b""
+def metrics_text(port: int) -> str:
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout_s=5)
+    return body if status == 200 else ""

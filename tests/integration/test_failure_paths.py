@@ -30,30 +30,20 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from tests.conftest import LocalBroker, broker_port
-from tests.kafka_helpers import (
-    CommittedOffsets,
+from harness.broker import LocalBroker, broker_port
+from harness.clients import consume_all, count_results, feed, produce, summarize
+from harness.offsets import CommittedOffsets, end_offsets, group_assignments, output_count, wait_committed
+from harness.probes import HealthProber, scrape, wait_for
+from harness.processes import (
     Supervisor,
-    consume_all,
-    count_results,
-    end_offsets,
-    feed,
-    fresh_topics,
     free_port,
-    group_assignments,
-    get_endpoint,
     last_line,
-    output_count,
-    produce,
-    scrape,
-    start_worker_process,
-    summarize,
-    terminate,
-    wait_committed,
     seconds_to_exit,
-    wait_for,
+    start_worker_process,
+    terminate,
     worker_env,
 )
+from harness.topics import fresh_topics
 
 pytestmark = pytest.mark.integration
 
@@ -68,17 +58,10 @@ def exactly_once_env(bootstrap: str, topics: dict[str, str], model_dir: Path, **
     return worker_env(bootstrap, topics, model_dir, **settings)
 
 
-@contextlib.contextmanager
-def dedicated_broker(port: int, tmp_path: Path):
-    """A broker of this test alone (to stop, freeze or kill); stopped at the end whatever happened."""
-    broker = LocalBroker(port, tmp_path / f"kafka-{port}")
-    broker.start()
-    try:
-        yield broker
-    finally:
-        with contextlib.suppress(Exception):
-            broker.thaw()
-        broker.stop()
+def dedicated_broker(port: int, tmp_path: Path) -> LocalBroker:
+    """A broker of this test alone (to stop, freeze or kill); a context manager that stops it at the end
+    whatever happened."""
+    return LocalBroker(port, tmp_path / f"kafka-{port}")
 
 
 def exactly_once_outcome(name: str, bootstrap: str, topics: dict[str, str], keys: list[str], complete: bool,
@@ -425,37 +408,6 @@ def test_at_least_once_outage_longer_than_message_timeout_loses_nothing_and_keep
 RESTART_DOWN_S = 8
 
 
-class HealthProbe:
-    """Samples /healthz and /readyz every second; counts moments when health is red and readiness green."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.samples = 0
-        self.health_red = 0
-        self.ready_while_unhealthy = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="health-probe", daemon=True)
-
-    def start(self) -> "HealthProbe":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            health, ready = get_endpoint(self.port, "/healthz"), get_endpoint(self.port, "/readyz")
-            if health is None or ready is None:
-                continue  # between restarts, or not serving yet
-            self.samples += 1
-            if health[0] != 200:
-                self.health_red += 1
-                if ready[0] == 200:
-                    self.ready_while_unhealthy += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 @pytest.mark.parametrize("how, port", [("stop", broker_port(530)), ("kill", broker_port(570))], ids=["sigterm-broker", "sigkill-broker"])
 def test_exactly_once_broker_restart_mid_stream_completes_exactly_once(
     how, port, tiny_model_dir, nsmc_rows, tmp_path, fault_report
@@ -472,7 +424,7 @@ def test_exactly_once_broker_restart_mid_stream_completes_exactly_once(
         env = exactly_once_env(broker.bootstrap, topics, tiny_model_dir, **SMALL_WINDOWS,
                                WORKER_METRICS_PORT=str(metrics_port))
         group = env["WORKER_GROUP_ID"]
-        probe = HealthProbe(metrics_port).start()
+        probe = HealthProber(metrics_port, interval_s=1.0).start()
         started = time.monotonic()
         supervisor = Supervisor(env, tmp_path).start()
         problems: list[str] = []
@@ -497,7 +449,7 @@ def test_exactly_once_broker_restart_mid_stream_completes_exactly_once(
         fault_report(name, committed_at_stop=committed_at_stop, downtime_s=round(downtime, 1),
                      restarts=supervisor.restarts, exit_codes=[e.code for e in supervisor.exits],
                      stream_s=round(stream_s, 1), seconds_after_restart=round(wait.seconds, 1),
-                     outcome=wait.reason, health_samples=probe.samples,
+                     outcome=wait.reason, health_samples=len(probe.answered),
                      health_red=probe.health_red, ready_while_unhealthy=probe.ready_while_unhealthy)
         missing, duplicates = exactly_once_outcome(name, broker.bootstrap, topics, keys, wait.complete, fault_report)
     if committed_at_stop >= TOTAL:

@@ -4,25 +4,17 @@ real `worker run` processes, then counts the output topic with a separate consum
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LocalBroker, broker_port
-from tests.kafka_helpers import (
-    consume_all,
-    count_results,
-    feed,
-    fresh_topics,
-    output_count,
-    produce,
-    start_worker_process,
-    summarize,
-    wait_for,
-    worker_env,
-)
+from harness.broker import LocalBroker, broker_port
+from harness.clients import consume_all, count_results, feed, produce, summarize
+from harness.offsets import output_count
+from harness.probes import wait_for
+from harness.processes import start_worker_process, terminate, worker_env
+from harness.topics import fresh_topics
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +32,6 @@ def wait_progress(bootstrap: str, topic: str, at_least: int, process=None, log: 
     return output_count(bootstrap, topic)
 
 
-def stop(process, sig=signal.SIGTERM, timeout: float = 60) -> int:
-    process.send_signal(sig)
-    return process.wait(timeout)
-
-
 def interrupt_then_restart(bootstrap: str, topics: dict, keys: list[str], env: dict, log: Path, interrupt):
     """Start a worker, `interrupt` it once a quarter of the results are out, start another, count the results."""
     first = start_worker_process(env, log)
@@ -55,7 +42,7 @@ def interrupt_then_restart(bootstrap: str, topics: dict, keys: list[str], env: d
     try:
         return count_results(bootstrap, topics["output"], keys)
     finally:
-        assert stop(second) == 0, log.read_text()
+        assert terminate(second, 60)[0] == 0, log.read_text()
 
 
 def sigkill(process) -> None:
@@ -81,7 +68,7 @@ def test_sigterm_mid_stream_then_restart_is_exactly_once(kafka_bootstrap, topics
 
     def sigterm(process) -> None:
         started = time.monotonic()
-        assert stop(process) == 0, log.read_text()
+        assert terminate(process, 60)[0] == 0, log.read_text()
         drain["seconds"] = time.monotonic() - started
 
     counts = interrupt_then_restart(kafka_bootstrap, topics, keys, env, log, sigterm)
@@ -91,9 +78,7 @@ def test_sigterm_mid_stream_then_restart_is_exactly_once(kafka_bootstrap, topics
 
 
 def test_broker_restart_mid_stream_worker_recovers(tiny_model_dir, nsmc_rows, tmp_path, fault_report):
-    broker = LocalBroker(broker_port(100), tmp_path / "kafka")
-    broker.start()
-    try:
+    with LocalBroker(broker_port(100), tmp_path / "kafka") as broker:
         topics = fresh_topics(broker.bootstrap)
         keys = feed(broker.bootstrap, topics["input"], nsmc_rows, TOTAL)
         env = worker_env(broker.bootstrap, topics, tiny_model_dir, **SLOW)
@@ -108,11 +93,9 @@ def test_broker_restart_mid_stream_worker_recovers(tiny_model_dir, nsmc_rows, tm
             counts = count_results(broker.bootstrap, topics["output"], keys)
             assert process.poll() is None, "worker restarted or died:\n" + log.read_text()
         finally:
-            assert stop(process) == 0, log.read_text()
+            assert terminate(process, 60)[0] == 0, log.read_text()
         missing, _ = summarize("broker-restart", keys, counts, fault_report)
         assert missing == 0
-    finally:
-        broker.stop()
 
 
 def test_worker_joins_then_one_leaves(kafka_bootstrap, topics, tiny_model_dir, nsmc_rows, tmp_path, fault_report):
@@ -124,12 +107,12 @@ def test_worker_joins_then_one_leaves(kafka_bootstrap, topics, tiny_model_dir, n
     b = start_worker_process(env, log_b)
     try:
         wait_progress(kafka_bootstrap, topics["output"], TOTAL // 2, b, log_b)
-        assert stop(a) == 0, log_a.read_text()
+        assert terminate(a, 60)[0] == 0, log_a.read_text()
         counts = count_results(kafka_bootstrap, topics["output"], keys)
     finally:
         if a.poll() is None:
-            stop(a)
-        assert stop(b) == 0, log_b.read_text()
+            terminate(a, 60)
+        assert terminate(b, 60)[0] == 0, log_b.read_text()
     missing, _ = summarize("join+leave", keys, counts, fault_report)
     assert missing == 0
 
@@ -218,7 +201,7 @@ def test_poison_corpus_goes_to_dead_letters_and_valid_traffic_flows(
         dead = consume_all(kafka_bootstrap, topics["dlq"], expected=len(expected_dead), timeout_s=60)
         assert process.poll() is None, "worker died:\n" + log.read_text()
     finally:
-        assert stop(process) == 0, log.read_text()
+        assert terminate(process, 60)[0] == 0, log.read_text()
 
     assert sorted(r.key.decode() for r in results) == sorted(expected_ok)
     truncated = [r for r in results if r.json()["truncated"]]

@@ -13,21 +13,15 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 
 import pytest
 
-from tests.kafka_helpers import (
-    committed_and_end_offsets,
-    consume_all,
-    create_topics,
-    produce_with_offsets,
-    start_worker_process,
-    stop_process,
-    worker_env,
-)
+from harness.clients import consume_all, produce
+from harness.offsets import end_offsets
+from harness.processes import start_worker_process, terminate, worker_env
+from harness.topics import fresh_topics
 from tests.strict_json import node_available, node_rejects, strict_json
 
 pytestmark = pytest.mark.integration
@@ -175,8 +169,7 @@ def unreadable_header_kind(bootstrap: str, topic: str) -> int | None:
         [kcat, "-b", bootstrap, "-P", "-t", topic, "-k", "bad-header-name", "-H", b"bad\xff\xfename=v"],
         input=b"header name is not UTF-8", check=True, timeout=60,
     )
-    _, end = committed_and_end_offsets(bootstrap, "nobody", topic)
-    return end[0] - 1
+    return end_offsets(bootstrap, topic)[0] - 1
 
 
 def source_offset(record) -> int:
@@ -188,15 +181,13 @@ def source_offset(record) -> int:
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_hostile_records_end_in_output_or_dead_letters(kafka_bootstrap, tiny_model_dir, nsmc_rows, tmp_path,
                                                         fmt, fault_report):
-    suffix = uuid.uuid4().hex[:8]
-    topics = {"input": f"hostile-in-{suffix}", "output": f"hostile-out-{suffix}", "dlq": f"hostile-dlq-{suffix}"}
-    create_topics(kafka_bootstrap, {topics["input"]: 1, topics["output"]: 1, topics["dlq"]: 1})
+    topics = fresh_topics(kafka_bootstrap, partitions=1, prefix="hostile-")
     reviews = [doc for _, doc, _ in nsmc_rows[:300]]
     plan, records = build_stream(fmt, reviews)
     middle = len(records) // 2
-    offsets = produce_with_offsets(kafka_bootstrap, topics["input"], records[:middle], BIG_PRODUCER)
+    offsets = produce(kafka_bootstrap, topics["input"], records[:middle], producer_config=BIG_PRODUCER)
     bad_header_offset = unreadable_header_kind(kafka_bootstrap, topics["input"])
-    offsets += produce_with_offsets(kafka_bootstrap, topics["input"], records[middle:], BIG_PRODUCER)
+    offsets += produce(kafka_bootstrap, topics["input"], records[middle:], producer_config=BIG_PRODUCER)
     expected: dict[int, Hostile | None] = dict(zip(offsets, plan))
     if bad_header_offset is not None:
         expected[bad_header_offset] = Hostile("header name not UTF-8", b"", "decode_error")
@@ -214,7 +205,7 @@ def test_hostile_records_end_in_output_or_dead_letters(kafka_bootstrap, tiny_mod
         dead = consume_all(kafka_bootstrap, topics["dlq"], expected=expected_dead, timeout_s=120)
         assert process.poll() is None, "worker exited:\n" + log.read_text()[-5000:]
     finally:
-        code = stop_process(process, 60)
+        code, _ = terminate(process, 60)
     assert code == 0, log.read_text()[-5000:]
 
     outcome: dict[int, str | None] = {}

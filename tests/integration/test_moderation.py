@@ -13,7 +13,9 @@ from collections import Counter
 
 import pytest
 
-from tests.kafka_helpers import consume_all, create_topics, produce, start_worker_process, worker_env
+from harness.clients import consume_all, produce
+from harness.processes import start_worker_process, worker_env
+from harness.topics import create_topics
 
 pytestmark = pytest.mark.integration
 

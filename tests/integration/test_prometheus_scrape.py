@@ -12,7 +12,10 @@ import urllib.request
 
 import pytest
 
-from tests.kafka_helpers import free_port, produce, running_worker, wait_for, worker_settings
+from harness.clients import produce
+from harness.in_process import running_worker, worker_settings
+from harness.probes import wait_for
+from harness.processes import free_port
 from worker.health import Health
 from worker.metrics import MetricsServer, WorkerMetrics
 

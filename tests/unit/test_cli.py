@@ -49,7 +49,7 @@ def test_console_script_is_installed():
 def test_eval_reports_accuracy(monkeypatch, tiny_model_dir, tmp_path, capsys):
     import json
 
-    from tests.conftest import NSMC_SAMPLE
+    from harness.paths import NSMC_SAMPLE
 
     monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("WORKER_DTYPE", "float32")
@@ -78,7 +78,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_eval_reports_thresholds_calibration_and_writes_plots(monkeypatch, tiny_model_dir, tmp_path, capsys):
     import json
 
-    from tests.conftest import NSMC_SAMPLE
+    from harness.paths import NSMC_SAMPLE
     from worker.plots import CHART_FILES
 
     monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
@@ -101,7 +101,7 @@ def test_eval_reports_thresholds_calibration_and_writes_plots(monkeypatch, tiny_
 
 
 def test_eval_plots_without_matplotlib_fails_before_the_run(monkeypatch, tiny_model_dir, tmp_path, capsys):
-    from tests.conftest import NSMC_SAMPLE
+    from harness.paths import NSMC_SAMPLE
 
     monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError

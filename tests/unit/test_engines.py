@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NSMC_SAMPLE, build_tiny_model
+from harness.models import build_tiny_model
+from harness.paths import NSMC_SAMPLE
 from worker.engines import export as engines_export
 from worker.engines import loading, onnxruntime_engine
 from worker.engines.base import classify_encoded

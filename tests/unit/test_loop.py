@@ -1,4 +1,4 @@
-"""The loop and its failure paths against an in-memory Kafka (tests/fake_kafka.py), no broker.
+"""The loop and its failure paths against an in-memory Kafka (tests/fakes/kafka_io.py), no broker.
 
 Each test of a defect from issue 10 drives the real Worker step by step (the inference stage runs
 on its thread as in production) and checks what a read_committed consumer would see, what was
@@ -14,7 +14,7 @@ from collections import Counter, deque
 
 import pytest
 
-from tests.fake_kafka import (
+from tests.fakes.kafka_io import (
     ABORTABLE,
     AUTH_FAILED,
     FENCED,

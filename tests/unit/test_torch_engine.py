@@ -6,7 +6,8 @@ from worker.engines.base import Encoding, classify_encoded, to_prediction
 from worker.engines.device import resolve_dtype
 from worker.engines.torch_engine import HFClassifier
 from worker.errors import ModelLoadError
-from tests.conftest import TOKENIZER_DIR, build_tiny_model
+from harness.models import build_tiny_model
+from harness.paths import TOKENIZER_DIR
 
 
 def test_tokenizer_gives_exact_koelectra_v3_ids():

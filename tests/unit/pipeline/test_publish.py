@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.fake_kafka import ABORTABLE, TIMED_OUT, TOO_LARGE, FakeKafka
+from tests.fakes.kafka_io import ABORTABLE, TIMED_OUT, TOO_LARGE, FakeKafka
 from worker.pipeline.publish import make_publisher
 from worker.pipeline.render import RESULT, Delivery, Message, Renderer
 from worker.settings import Settings
