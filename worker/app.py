@@ -33,7 +33,6 @@ from worker.engines.base import Classifier, Encoding
 from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
 from worker.health import Health
 from worker.kafka_io import (
-    ClientError,
     ClientEvents,
     KafkaCallError,
     KafkaPort,
@@ -48,7 +47,7 @@ from worker.pipeline.infer import CANARY_TEXT, InferenceThread, ModelBroken, Win
 from worker.pipeline.intake import Entry, decode_and_tokenize
 from worker.pipeline.publish import Published, make_publisher
 from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
-from worker.policy import DEAD_PRODUCER_REASONS, Action, exit_code_for, fatal_for, for_client_error
+from worker.policy import DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
 from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun

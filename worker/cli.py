@@ -66,9 +66,10 @@ class SignalWatcher:
 
 def cmd_run(settings: Settings) -> int:
     from worker.app import Worker, overrun_handler
+    from worker.endpoints import MetricsServer
     from worker.errors import EXIT_FATAL, EXIT_UNFINISHED
     from worker.health import Health
-    from worker.metrics import MetricsServer, WorkerMetrics
+    from worker.metrics import WorkerMetrics
     from worker.watchdog import Watchdog, exit_line, hard_exit
 
     # Tokenization runs on the loop thread beside inference; the tokenizer's own thread pool would

@@ -1,22 +1,16 @@
-"""Prometheus metrics and the /metrics, /healthz, /readyz server.
+"""The worker's Prometheus metrics. They take a registry, so each test builds a fresh one.
 
-Metrics take a registry, so each test builds a fresh one. What /healthz and /readyz answer is
+The HTTP server that exposes them is :mod:`worker.endpoints`; what /healthz and /readyz answer is
 :class:`~worker.health.Health`'s.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from worker.kafka_io import Partition
-
-if TYPE_CHECKING:
-    from worker.health import Health
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -122,52 +116,3 @@ class WorkerMetrics:
         for (topic, partition), value in lag.items():
             self.lag.labels(topic, str(partition)).set(value)
         self._lag_partitions = set(lag)
-
-
-class MetricsServer:
-    """HTTP server for /metrics, /healthz and /readyz on a background thread."""
-
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Health) -> None:
-        self._address = (host, port)
-        self._registry = registry
-        self._health = health
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1] if self._server else self._address[1]
-
-    def start(self) -> None:
-        registry, health = self._registry, self._health
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/readyz"):
-                    ok, detail = health.live() if path == "/healthz" else health.ready()
-                    body = json.dumps({"status": "ok" if ok else "unavailable", **detail}).encode()
-                    self._send(200 if ok else 503, body, "application/json")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
-                pass
-
-        self._server = ThreadingHTTPServer(self._address, Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

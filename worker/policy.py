@@ -25,18 +25,16 @@ replaced by a minimal dead letter; when even that is refused, the topic is the p
 A fatal error makes the worker not-ready (``worker_blocked{reason}`` = 1), commit only what was
 delivered, and exit with :data:`~worker.errors.EXIT_FATAL`.
 
-No Kafka client here (``kafka_io`` imports this module, not the other way round).
+No Kafka client here: :mod:`worker.kafka_io` turns librdkafka's errors into :class:`ClientError` and imports
+this module, not the other way round.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
-
-if TYPE_CHECKING:
-    from worker.kafka_io.port import ClientError
 
 
 class ErrorKind(str, enum.Enum):
@@ -50,6 +48,22 @@ class ErrorKind(str, enum.Enum):
     ACCESS = "access"  # credentials or permissions refused
     FATAL = "fatal"  # the client instance is unusable (fenced, idempotence broken): restart
     OTHER = "other"  # neither retriable, abortable nor fatal: librdkafka says treat as fatal
+
+
+@dataclass(frozen=True)
+class ClientError:
+    """One librdkafka error, detached from the client."""
+
+    code: str  # librdkafka's name, e.g. "_MSG_TIMED_OUT", "TOPIC_AUTHORIZATION_FAILED"
+    message: str
+    kind: ErrorKind
+    retriable: bool = False
+    fatal: bool = False
+    txn_requires_abort: bool = False
+    fenced: bool = False  # another producer with this transactional id took over
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 class Action(enum.Enum):

@@ -12,8 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from worker.kafka_io import ClientError, ClientEvents, DeliveryReport, KafkaCallError, Partition
-from worker.policy import ErrorKind
+from worker.kafka_io import ClientEvents, DeliveryReport, KafkaCallError, Partition
+from worker.policy import ClientError, ErrorKind
 from worker.wire.types import Headers, InputRecord
 
 PURGED = ClientError("_PURGE_QUEUE", "Local: Purged in queue", ErrorKind.PURGED)

@@ -16,8 +16,9 @@ from harness.clients import produce
 from harness.in_process import running_worker, worker_settings
 from harness.probes import wait_for
 from harness.processes import free_port
+from worker.endpoints import MetricsServer
 from worker.health import Health
-from worker.metrics import MetricsServer, WorkerMetrics
+from worker.metrics import WorkerMetrics
 
 pytestmark = pytest.mark.integration
 

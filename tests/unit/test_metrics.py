@@ -10,8 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.unit.test_loop import FakeClassifier, finish, make_worker
+from worker.endpoints import MetricsServer
 from worker.health import Health
-from worker.metrics import MetricsServer, WorkerMetrics
+from worker.metrics import WorkerMetrics
 
 
 def sample(registry: CollectorRegistry, name: str, labels: dict | None = None) -> float:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
-from worker.kafka_io import ClientError
 from worker.kafka_io.errors import classify
 from worker.policy import (
     Action,
+    ClientError,
     ErrorKind,
     fatal_for,
     for_client_error,

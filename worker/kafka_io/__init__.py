@@ -1,12 +1,12 @@
 """Kafka I/O: the port the worker talks to, its confluent-kafka adapter, and offset bookkeeping.
 
 This package is the only place that imports ``confluent_kafka`` (in :mod:`.clients` and
-:mod:`.errors`); the rest of the worker sees :mod:`.port`'s plain types.
+:mod:`.errors`); the rest of the worker sees :mod:`.port`'s plain types and
+:class:`worker.policy.ClientError`.
 """
 
 from worker.kafka_io.offsets import OffsetTracker, PartitionEpochs
 from worker.kafka_io.port import (
-    ClientError,
     ClientEvents,
     DeliveryReport,
     KafkaCallError,
@@ -16,7 +16,6 @@ from worker.kafka_io.port import (
 )
 
 __all__ = [
-    "ClientError",
     "ClientEvents",
     "DeliveryReport",
     "KafkaCallError",

@@ -1,4 +1,4 @@
-"""librdkafka errors → :class:`~worker.kafka_io.port.ClientError`, classified by what the worker must do.
+"""librdkafka errors → :class:`~worker.policy.ClientError`, classified by what the worker must do.
 
 This module sorts librdkafka's codes into :class:`~worker.policy.ErrorKind`; what each kind means
 for a record, a transaction and the worker is :mod:`worker.policy`'s.
@@ -14,8 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from worker.kafka_io.port import ClientError
-from worker.policy import ErrorKind
+from worker.policy import ClientError, ErrorKind
 
 
 def _codes(*names: str) -> frozenset[int]:

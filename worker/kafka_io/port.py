@@ -12,26 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from worker.errors import EXIT_UNFINISHED, WorkerError
-from worker.policy import ErrorKind
+from worker.policy import ClientError
 from worker.wire.types import Headers, InputRecord
 
 Partition = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class ClientError:
-    """One librdkafka error, detached from the client."""
-
-    code: str  # librdkafka's name, e.g. "_MSG_TIMED_OUT", "TOPIC_AUTHORIZATION_FAILED"
-    message: str
-    kind: ErrorKind
-    retriable: bool = False
-    fatal: bool = False
-    txn_requires_abort: bool = False
-    fenced: bool = False  # another producer with this transactional id took over
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
 
 class KafkaCallError(WorkerError):

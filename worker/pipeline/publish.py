@@ -27,10 +27,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
-from worker.kafka_io import ClientError, KafkaCallError, KafkaPort, Partition
+from worker.kafka_io import KafkaCallError, KafkaPort, Partition
 from worker.pipeline.render import Delivery, Message, Renderer
 from worker.policy import (
     Action,
+    ClientError,
     fatal_for,
     for_delivery_report,
     for_refused_message,
