@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-# Process exit codes (README "exit codes"): 2 is settings or model loading, before the loop starts.
+# Process exit codes (docs/delivery-guarantees.md, the exit-code table): 2 is settings or model loading, before the loop starts.
 EXIT_CLEAN, EXIT_UNFINISHED, EXIT_FATAL = 0, 3, 4
 
 

@@ -141,7 +141,7 @@ def no_dead_letter_fits(topic: str, error: ClientError) -> FatalError:
 
 
 def exit_code_for(fatal: FatalError | None, clean: bool) -> int:
-    """The process's exit code once the loop has stopped (README "exit codes")."""
+    """The process's exit code once the loop has stopped (docs/delivery-guarantees.md, the exit-code table)."""
     if fatal is not None:
         return EXIT_FATAL
     return EXIT_CLEAN if clean else EXIT_UNFINISHED

@@ -296,7 +296,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def reference_table() -> str:
-    """The README's configuration table, generated from the fields above (a test keeps them equal)."""
+    """The configuration table of docs/configuration.md, generated from the fields above (a test keeps them equal)."""
     lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)

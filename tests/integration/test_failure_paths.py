@@ -5,7 +5,7 @@ the output with a separate consumer (read_committed for exactly-once). Counts ar
 run (`fault_report`). Tests that stop, freeze or kill a broker start their own on a fixed port of this file
 ($TEST_KAFKA_PORT + 510, + 520, ...; each uses port+1 too); the others use the session broker ($TEST_KAFKA_PORT).
 
-What the tests rely on (the contract in the worker's README and the lead's brief):
+What the tests rely on (the contract in docs/delivery-guarantees.md and the lead's brief):
 - exit codes of `worker run`: 0 clean stop, 3 stopped at the shutdown deadline with records unfinished,
   4 fatal at run time with a last line `worker: fatal: <reason>`, 130 after a second SIGTERM;
 - an orchestrator restarts a worker that exits non-zero (`Supervisor`, up to 5 times), so losses and

@@ -24,7 +24,7 @@ from worker.wire.types import (
     wire_time,
 )
 
-# The fields of a result record (README "Output record"), in output order; WORKER_RESULT_FIELDS picks some.
+# The fields of a result record (docs/output-format.md), in output order; WORKER_RESULT_FIELDS picks some.
 RESULT_FIELDS = (
     "input", "text", "label", "score", "probabilities", "truncated", "tokens", "model", "source", "latency_ms",
     "classified_at",
