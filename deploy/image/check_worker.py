@@ -148,7 +148,8 @@ class Docker:
     def __init__(self, exe: str, logs: Path) -> None:
         self.exe, self.logs = exe, logs
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> str:
+    # With the vfs storage driver creating or removing a container copies or deletes the whole image.
+    def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> str:
         result = subprocess.run([self.exe, *args], capture_output=True, text=True, timeout=timeout)
         if check and result.returncode:
             raise RuntimeError(f"docker {' '.join(args[:3])}... failed: {result.stderr.strip()}")
@@ -160,8 +161,10 @@ class Docker:
             # What deploy/k8s/deployment.yaml asks of the pod: read-only root, no privilege, tmpfs for /tmp
             # and the engine cache, the image's unprivileged user.
             "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges",
-            "--mount", "type=tmpfs,destination=/tmp,tmpfs-size=268435456",
-            "--mount", "type=tmpfs,destination=/models,tmpfs-mode=1777",
+            # Like the pod's emptyDirs: writable by the worker's uid, exec allowed (torch.compile loads
+            # the kernels it builds under /tmp); docker's tmpfs defaults are root-owned and noexec.
+            "--tmpfs", "/tmp:rw,exec,nosuid,nodev,size=256m,mode=1777",
+            "--tmpfs", "/models:rw,nosuid,nodev,size=2g,uid=10001,gid=10001,mode=0755",
             "-e", "HOME=/tmp",
             # No hub, proven twice over: offline mode, and an endpoint that refuses every connection.
             "-e", "HF_HUB_OFFLINE=1", "-e", "HF_ENDPOINT=http://127.0.0.1:9",
@@ -172,7 +175,7 @@ class Docker:
         self(*args, image)
 
     def save_logs(self, name: str) -> str:
-        result = subprocess.run([self.exe, "logs", name], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([self.exe, "logs", name], capture_output=True, text=True, timeout=120)
         text = result.stdout + result.stderr
         (self.logs / f"{name}.log").write_text(text, encoding="utf-8")
         return text
@@ -296,8 +299,9 @@ def main() -> int:
     name = f"koelectra-compare-{run_id}"
     port = free_port()
     env = {**worker_env(args.bootstrap, topic, "image-check-container", port), **COMPARE_ENV}
-    started = time.monotonic()
+    created = time.monotonic()
     docker.run(name, args.image, env)
+    create_s = time.monotonic() - created
     ready = wait_http(port, "/readyz", 600, alive=lambda: docker.state(name)["Running"])
     container_results = kafka.collect(f"{topic}-out", len(reviews), 600)
     user = docker("exec", name, "id").strip()
@@ -309,7 +313,7 @@ def main() -> int:
     comparison = compare(host_results, container_results)
     labels = list(next(iter(host_results.values()))["probabilities"]) if host_results else []
     report["compare"] = {
-        "engine": COMPARE_ENV, "ready_s": ready and round(ready, 1), "results": len(container_results),
+        "engine": COMPARE_ENV, "create_s": round(create_s, 1), "ready_s": ready and round(ready, 1), "results": len(container_results),
         "exit_code": state["ExitCode"], "user": user,
         "root_fs_write": (root_write.stderr.strip() or "allowed")[:120],
         "accuracy_host": accuracy(host_results, truth, labels), "accuracy_container": accuracy(container_results, truth, labels),
@@ -330,8 +334,11 @@ def main() -> int:
     port = free_port()
     env = worker_env(args.bootstrap, topic2, "image-check-auto", port)
     sampler = MemorySampler(docker, name)
-    started = time.monotonic()
+    created = time.monotonic()
     docker.run(name, args.image, env)
+    # `docker run -d` returns once the process started; with vfs it first copies the image (GBs) for
+    # the container's writable layer, a cost of that storage driver, reported apart.
+    started = time.monotonic()
     sampler.start()
     live = wait_http(port, "/healthz", 900, alive=lambda: docker.state(name)["Running"])
     ready = wait_http(port, "/readyz", 900, alive=lambda: docker.state(name)["Running"])
@@ -362,7 +369,7 @@ def main() -> int:
     delivered = kafka.collect(f"{topic2}-out", len(reviews) + len(more), 60)
     selection = next((json.loads(line) for line in text.splitlines() if '"model ready"' in line), {})
     report["defaults"] = {
-        "live_s": live and round(live, 1), "ready_s": round(ready_at, 1) if ready else None,
+        "create_s": round(started - created, 1), "live_s": live and round(live, 1), "ready_s": round(ready_at, 1) if ready else None,
         "healthy_s": healthy_at and round(healthy_at, 1), "peak_rss_startup_mib": round(peak_startup / 2**20),
         "peak_rss_mib": round(sampler.peak / 2**20), "rss_after_stream_mib": round(steady_rss / 2**20),
         "results_first_stream": len(first), "accuracy": accuracy(first, truth, labels),

@@ -25,7 +25,8 @@
 # Environment (defaults in brackets):
 #   IMAGE_WORK_DIR        [$HOME/.cache/koelectra-worker/image]  engine data, base rootfs, logs, results
 #   IMAGE_KEEP            [0]  1: keep the engine's data-root (images, ~25 GB with vfs) after the run
-#   IMAGE_STORAGE_DRIVER  [vfs]  overlay2 where the kernel allows it (much less disk, faster builds)
+#   IMAGE_STORAGE_DRIVER  [auto]  overlay2 where an overlay mount works here, else vfs (every layer and
+#                         every container a full copy: ~40 GB of disk and minutes per container start/removal)
 #   IMAGE_TORCH_INDEX_URL [https://pypi.org/simple]  the Dockerfile's default (the CPU wheel index) may be unreachable
 #   IMAGE_MODEL_DIR       [../shared/models/koelectra-small-v3-nsmc-scratch]  the local model baked in
 #   IMAGE_RECORDS         [2000]  NSMC reviews per classified stream
@@ -37,7 +38,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="${ROOT}/deploy/image"
 WORK="${IMAGE_WORK_DIR:-${HOME:-/root}/.cache/koelectra-worker/image}"
 KEEP="${IMAGE_KEEP:-0}"
-STORAGE_DRIVER="${IMAGE_STORAGE_DRIVER:-vfs}"
+STORAGE_DRIVER="${IMAGE_STORAGE_DRIVER:-auto}"
 TORCH_INDEX_URL="${IMAGE_TORCH_INDEX_URL:-https://pypi.org/simple}"
 MODEL_DIR="${IMAGE_MODEL_DIR:-${ROOT}/../shared/models/koelectra-small-v3-nsmc-scratch}"
 PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
@@ -84,8 +85,24 @@ ensure_tools() {
 }
 
 # ----------------------------------------------------------------------------- engine
+# overlay2 needs the kernel's overlay filesystem on the data-root's filesystem: try one mount.
+pick_storage_driver() {
+    [[ "$STORAGE_DRIVER" == auto ]] || return 0
+    local probe
+    probe="$(mktemp -d "${WORK}/.overlay-probe.XXXXXX")"
+    mkdir -p "${probe}"/{lower,upper,work,merged}
+    if mount -t overlay overlay -o "lowerdir=${probe}/lower,upperdir=${probe}/upper,workdir=${probe}/work" "${probe}/merged" 2>/dev/null; then
+        umount "${probe}/merged"
+        STORAGE_DRIVER=overlay2
+    else
+        STORAGE_DRIVER=vfs
+    fi
+    rm -rf "$probe"
+}
+
 engine_start() {
     mkdir -p "$DATA_ROOT" "$RUN_DIR" "$LOGS" "$RESULTS"
+    pick_storage_driver
     if docker info >/dev/null 2>&1; then log "engine already running ($DOCKER_HOST)"; return 0; fi
     log "starting dockerd (storage ${STORAGE_DRIVER}, no bridge, no iptables) at ${DOCKER_HOST}"
     setsid dockerd --host "$DOCKER_HOST" --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" \
