@@ -125,8 +125,14 @@ engine_stop() {
     kill -TERM "$pid"
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    # dockerd's own containerd (a child it supervises) goes with it; its exec-root stays behind empty.
-    rm -rf "$EXEC_ROOT"
+    # dockerd's own containerd (a child it supervises) goes with it. A daemon stopped in the middle of
+    # removing a container can leave its network namespace file mounted: unmount what is left.
+    local _
+    for _ in 1 2 3 4 5; do
+        grep -oE " (${EXEC_ROOT}|${DATA_ROOT})/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+        rm -rf "$EXEC_ROOT" 2>/dev/null && break
+        sleep 2
+    done
 }
 
 # ----------------------------------------------------------------------------- base image
@@ -206,13 +212,15 @@ build_stack_images() {
 
 # ----------------------------------------------------------------------------- checks
 check_worker() {
+    local rc
     log "host broker on 127.0.0.1:${KAFKA_PORT} (data ${KAFKA_DATA_DIR})"
     bash "${ROOT}/deploy/kafka/kafka.sh" start >/dev/null
     PYTHONPATH="$ROOT" "$PYTHON" "${HERE}/check_worker.py" --image "$WORKER_IMAGE" --docker "$DOCKER" \
         --bootstrap "127.0.0.1:${KAFKA_PORT}" --model "$MODEL_DIR" --records "${IMAGE_RECORDS:-2000}" \
         --data "${IMAGE_NSMC:-${ROOT}/../shared/data/ratings_test.txt}" \
-        --results "${RESULTS}/worker.json" --logs "$LOGS"
+        --results "${RESULTS}/worker.json" --logs "$LOGS" || rc=$?
     bash "${ROOT}/deploy/kafka/kafka.sh" stop --wipe >/dev/null
+    return "${rc:-0}"
 }
 
 compose_files() {
@@ -265,9 +273,12 @@ main() {
     engine_start
     base_image
     docker image inspect "$WORKER_IMAGE" >/dev/null 2>&1 && [[ "${IMAGE_REBUILD:-1}" != 1 ]] || build_worker
-    if [[ "$what" != compose ]]; then check_worker; fi
-    if [[ "$what" != worker ]]; then build_stack_images; check_compose; fi
-    log "done in $((SECONDS - t0)) s; results in ${RESULTS}"
+    # A failed check does not stop the next one: one run reports everything it found.
+    local failed=()
+    if [[ "$what" != compose ]]; then check_worker || failed+=(worker); fi
+    if [[ "$what" != worker ]]; then build_stack_images; check_compose || failed+=(compose); fi
+    log "done in $((SECONDS - t0)) s; results in ${RESULTS}${failed[*]:+; FAILED: ${failed[*]}}"
+    ((${#failed[@]} == 0))
 }
 
 main "$@"
