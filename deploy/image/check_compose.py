@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_worker import Kafka, compare, free_port, wait_http, worker_env  # noqa: E402
+from check_worker import Kafka, compare, finish, free_port, wait_http, worker_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "127.0.0.1:29092"  # the compose Kafka's HOST listener
@@ -184,10 +184,7 @@ def main() -> int:
         (args.logs / f"compose-{service}.log").write_text(compose("logs", "--no-color", service, check=False), encoding="utf-8")
     compose("--profile", "demo", "down", "-v", "--remove-orphans", timeout=300, check=False)
 
-    report["failures"] = failures
-    args.results.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 1 if failures else 0
+    return finish(report, failures, args.results)
 
 
 if __name__ == "__main__":

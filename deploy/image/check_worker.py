@@ -290,6 +290,14 @@ def accuracy(results: dict[str, dict[str, Any]], truth: dict[str, int], labels: 
     return round(hits / max(len(results), 1), 4)
 
 
+def finish(report: dict[str, Any], failures: list[str], path: Path) -> int:
+    """Writes and prints the report; the exit status says whether every check passed."""
+    report["failures"] = failures
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 1 if failures else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", required=True)
@@ -447,10 +455,7 @@ def main() -> int:
     if not report["offline"]["model_ready"]:
         failures.append("with --network=none the model did not load")
 
-    report["failures"] = failures
-    args.results.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    return 1 if failures else 0
+    return finish(report, failures, args.results)
 
 
 if __name__ == "__main__":
