@@ -196,6 +196,7 @@ class MemorySampler(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        container_id = self.docker("inspect", "-f", "{{.Id}}", self.name, check=False)
         while not self.stopped.is_set():
             try:
                 pid = int(self.docker("inspect", "-f", "{{.State.Pid}}", self.name, check=False) or 0)
@@ -205,11 +206,11 @@ class MemorySampler(threading.Thread):
                 total = sum(rss_kib(p) for p in descendants(pid))
                 self.last = total * 1024
                 self.peak = max(self.peak, self.last)
-                self.cgroup = cgroup_figures(pid) or self.cgroup
+                self.cgroup = cgroup_figures(pid, container_id) or self.cgroup
             self.stopped.wait(0.5)
 
 
-def cgroup_figures(pid: int) -> dict[str, float]:
+def cgroup_figures(pid: int, container_id: str) -> dict[str, float]:
     """CPU seconds used and the memory high-water mark of the container's cgroup (v1 or v2), where readable.
 
     CPU seconds do not depend on what else the machine runs: start-up wall time on a shared machine
@@ -223,6 +224,8 @@ def cgroup_figures(pid: int) -> dict[str, float]:
     paths = {}
     for line in lines:
         _, controllers, path = line.split(":", 2)
+        if container_id not in path:
+            return {}  # the pid is no longer the container's (it exited and the number was reused)
         for controller in controllers.split(",") or [""]:
             paths[controller] = path
     candidates = {
