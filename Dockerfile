@@ -1,12 +1,22 @@
-# syntax=docker/dockerfile:1
 # KoELECTRA worker image: CPU-only PyTorch, non-root, model fetched on first start (default)
 # or baked in at build time:
 #
 #   docker build -t koelectra-worker .                                # model downloaded on first start into HF_HOME (/models/hf)
 #   docker build -t koelectra-worker --build-arg PRELOAD_MODEL=1 .    # model saved into the image at /opt/model
 #   docker build --build-arg PRELOAD_MODEL=1 --build-arg MODEL=org/other-model --build-arg MODEL_REVISION=<sha> .
+#   docker build --build-arg PRELOAD_MODEL=dir .                      # the local model directory ./model/ copied to /opt/model
 #
-# PRELOAD_MODEL must be 0 or 1: it selects the stage `model-0` or `model-1` below.
+# PRELOAD_MODEL must be 0, 1 or dir: it selects the stage `model-0`, `model-1` or `model-dir` below.
+# Build with BuildKit (DOCKER_BUILDKIT=1; the default of Docker 23+ and of `docker compose`): it builds
+# only the stages the chosen one needs. The legacy builder (docker-compose 1.x without
+# COMPOSE_DOCKER_CLI_BUILD=1 DOCKER_BUILDKIT=1) builds every stage: model-1 would download the model
+# and model-dir would fail without ./model/, whatever PRELOAD_MODEL says.
+# No `# syntax=` line on purpose: the frontend built into the engine reads this file, and the directive
+# would make every BuildKit build pull docker/dockerfile from Docker Hub (fails on offline builders).
+#
+# Elsewhere from the outside: PYTHON_IMAGE (any Debian-like image with python3.11 and its venv module,
+# `python` on PATH), TORCH_INDEX_URL (the CPU wheel index; PyPI works, but its torch is the CUDA build:
+# about 4 GB more), and pip's index for the rest (PyPI).
 ARG PYTHON_IMAGE=python:3.11-slim
 ARG PRELOAD_MODEL=0
 
@@ -69,7 +79,16 @@ ARG MODEL=daekeun-ml/koelectra-small-v3-nsmc
 ARG MODEL_REVISION=
 RUN HF_HOME=/tmp/preload python -c "import os; from transformers import AutoTokenizer, AutoModelForSequenceClassification; name = os.environ['MODEL']; rev = os.environ.get('MODEL_REVISION') or None; AutoTokenizer.from_pretrained(name, revision=rev).save_pretrained('/opt/model'); AutoModelForSequenceClassification.from_pretrained(name, revision=rev).save_pretrained('/opt/model'); print('saved', name, rev or 'main', 'to /opt/model')" \
  && rm -rf /tmp/preload
-ENV WORKER_MODEL=/opt/model
+ENV WORKER_MODEL=/opt/model \
+    HF_HUB_OFFLINE=1
+
+# ---------------------------------------------------------------------------------------------
+# PRELOAD_MODEL=dir: a local model directory (config, weights, tokenizer files), placed at ./model/ in
+# the build context, copied as it is. Neither the build nor the container needs the hub.
+FROM runtime AS model-dir
+COPY model/ /opt/model/
+ENV WORKER_MODEL=/opt/model \
+    HF_HUB_OFFLINE=1
 
 # ---------------------------------------------------------------------------------------------
 FROM model-${PRELOAD_MODEL} AS final

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAND_IN := ../shared/models/koelectra-small-v3-nsmc-scratch
 
-.PHONY: setup tools test unit run demo bench soak broker-start broker-stop clean
+.PHONY: setup tools test unit run demo bench soak broker-start broker-stop image-run image-stop clean
 
 $(BIN)/worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,16 @@ bench: setup tools
 # Memory over a long run: RSS from 100,000 to 1,000,000 messages through Kafka (about 30 min on 2 vCPUs).
 soak: setup tools
 	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
+
+# The container image built from the Dockerfile and run for real: its own Docker engine, a Debian base
+# image, the worker checked against the host worker, the compose stack (docs/container.md). About
+# 30 min on 2 vCPUs and ~25 GB of disk while it runs; not part of `make test`. IMAGE_ARGS: worker|compose.
+image-run: setup tools
+	PYTHON="$(abspath $(BIN))/python" bash deploy/image/run.sh $(IMAGE_ARGS)
+
+# Stops what an interrupted image-run left running (containers, its engine, its broker).
+image-stop:
+	bash deploy/image/run.sh stop
 
 broker-start:
 	bash deploy/kafka/kafka.sh start
