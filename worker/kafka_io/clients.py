@@ -116,6 +116,7 @@ class KafkaClients:
         self.transactional = settings.delivery == "exactly_once"
         self._reports: deque[DeliveryReport] = deque()
         self._consumer: Any = None
+        self._closing = False
         self._producer: Any = None
         self._record_limits: dict[str, int] = {}
         self._default_record_limit = PRODUCER_MESSAGE_MAX_BYTES
@@ -269,14 +270,19 @@ class KafkaClients:
 
     def close(self, timeout_s: float, exit_code: int = EXIT_UNFINISHED) -> None:
         """Leave the group (after the revoke callback) within ``timeout_s``; the watchdog enforces it."""
-        consumer, self._consumer = self._consumer, None
-        if consumer is None:
+        consumer = self._consumer
+        if consumer is None or self._closing:
             return
+        # The consumer stays in place while it closes: close() runs the revoke callback, in which the
+        # loop finishes and stores the revoked partitions' offsets through this same consumer.
+        self._closing = True
         try:
             with self._watchdog.call("consumer.close", timeout_s, exit_code=exit_code):
                 consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close: %s", exc)
+        finally:
+            self._consumer = None
 
     # --- callbacks (run inside poll/consume/flush on the calling thread) ---
     def _error_cb(self, error: Any) -> None:
