@@ -53,6 +53,8 @@ def test_every_setting_documented_and_no_stale_names():
     for name in Settings.model_fields:
         assert f"WORKER_{name.upper()}" in text
     known = {f"WORKER_{n.upper()}" for n in Settings.model_fields}
+    # Variables of the compose file itself (image names), not worker settings.
+    known |= set(re.findall(r"\$\{(WORKER_[A-Z_]+)", (REPO / "docker-compose.yml").read_text(encoding="utf-8")))
     for page in PAGES:
         for mentioned in set(re.findall(r"WORKER_[A-Z_]+[A-Z]", page.read_text(encoding="utf-8"))):
             assert mentioned in known or mentioned.startswith(("WORKER_KAFKA_",)), f"{page.name} names unknown {mentioned}"
