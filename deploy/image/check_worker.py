@@ -15,11 +15,9 @@ Prints one JSON document (also written to --results) with every figure.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +28,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from harness.processes import free_port
+from worker.datasets import read_nsmc_rows
 
 # Same engine, precision, library versions and CPU on both sides: what can still differ is the batch
 # composition (how many reviews share a window, hence the padded length), which changes the order of
@@ -45,27 +46,10 @@ def log(message: str) -> None:
     print(f"[check_worker {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def read_reviews(path: Path, count: int, skip: int = 0) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        for row in reader:
-            if len(row) != 3 or not row[1].strip():
-                continue
-            if skip:
-                skip -= 1
-                continue
-            rows.append({"id": row[0], "text": row[1], "label": int(row[2])})
-            if len(rows) == count:
-                break
-    return rows
+    """``count`` reviews of an NSMC-format TSV after the first ``skip``, as the JSON values the checks produce."""
+    rows = read_nsmc_rows(path, limit=skip + count)[skip:]
+    return [{"id": review_id, "text": text, "label": label} for review_id, text, label in rows]
 
 
 class Kafka:
