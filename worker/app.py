@@ -52,6 +52,7 @@ from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
 from worker.wire.routing import check_labels
+from worker.wire.rules import rules_from
 from worker.wire.types import InputRecord
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Worker:
         )
         self.model_ref = {"id": classifier.info.get("model", "?"), "revision": classifier.info.get("revision", "?")}
         self.renderer = Renderer(
-            settings.output_topic, settings.dlq_topic, self.model_ref, settings.routes, self.port.max_record_bytes,
+            settings.output_topic, settings.dlq_topic, self.model_ref, rules_from(settings.routes), self.port.max_record_bytes,
             settings.max_message_bytes, settings.result_field_names,
         )
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),

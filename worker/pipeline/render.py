@@ -16,14 +16,14 @@ JSON, sizes, headers) are :mod:`worker.wire`'s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Callable, Sequence
 
 from worker.pipeline.intake import Entry
 from worker.wire.dead_letters import minimal_dead_letter, render_dead_letter
 from worker.wire.decoding import describe
 from worker.wire.results import RESULT_FIELDS, render_result
-from worker.wire.routing import ROUTE_HEADER, Route, matching
+from worker.wire.routing import ROUTE_HEADER
+from worker.wire.rules import Rules
 from worker.wire.sizes import header_size
 from worker.wire.types import (
     ENCODE_ERROR,
@@ -126,7 +126,7 @@ class Renderer:
     output_topic: str
     dlq_topic: str
     model_ref: dict[str, str]
-    routes: Sequence[Route] = ()
+    rules: Rules = field(default_factory=Rules)
     max_record_bytes: Callable[[str], int] = field(default=lambda topic: 1_000_000)
     max_message_bytes: int = 1_000_000
     fields: Sequence[str] = RESULT_FIELDS
@@ -136,13 +136,13 @@ class Renderer:
     def limit(self) -> int:
         """The largest record every destination accepts."""
         if self._limit is None:  # the limits are known once the clients have started
-            topics = [self.output_topic, self.dlq_topic, *(r.topic for r in self.routes)]
+            topics = [self.output_topic, self.dlq_topic, *(r.topic for r in self.rules.routes)]
             self._limit = min([self.max_message_bytes, *(self.max_record_bytes(t) for t in topics)])
         return self._limit
 
-    @cached_property  # read for every record; the routes never change
+    @property
     def route_reserve(self) -> int:
-        return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.routes), default=0)
+        return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.rules.routes), default=0)
 
     def render(self, entry: Entry, now_ms: float) -> Delivery:
         """The result and its routed copies, or the dead letter, of one finished entry."""
@@ -154,7 +154,7 @@ class Renderer:
             assert out.prediction is not None
             label = out.prediction.label
             messages = [Message(self.output_topic, out.key, out.value, out.headers, RESULT, label=label)]
-            for route in matching(self.routes, label, out.prediction.score):
+            for route in self.rules.matching(out.prediction):
                 routed_headers = [*out.headers, (ROUTE_HEADER, route.name.encode())]
                 messages.append(Message(route.topic, out.key, out.value, routed_headers, ROUTED, label=label,
                                         route=route.name))

@@ -58,6 +58,3 @@ def check_labels(routes: Sequence[Route], model_labels: Sequence[str]) -> None:
                 f"(its labels: {', '.join(model_labels)})"
             )
 
-
-def matching(routes: Sequence[Route], label: str, score: float) -> list[Route]:
-    return [route for route in routes if route.matches(label, score)]

@@ -80,6 +80,9 @@ class Prediction:
     probabilities: dict[str, float]
     truncated: bool
     tokens: int
+    # True for a multi-label model: probabilities are independent sigmoids per category (they do not
+    # sum to 1) and label/score name the most probable category only.
+    multi_label: bool = False
 
 
 @dataclass(frozen=True)
