@@ -3,13 +3,16 @@
 The main thread hands it windows (each becomes a :class:`WindowJob`) and takes back the finished
 jobs, their entries carrying predictions; nothing else crosses between the threads. A batch that
 makes the model raise is split in halves until the failing texts are isolated (those become dead
-letters). Before blaming a text, the thread checks that the model
-still answers for a known-good one (the canary): if the canary fails too, the model itself is
-broken, and the thread stops with :class:`ModelBroken` instead of dead-lettering the stream.
+letters). A row that is not a probability (NaN, infinity, outside [0, 1], the wrong number of
+classes) is a failure of the same kind as an exception: the model returned nothing usable for that
+text. Before blaming a text, the thread checks that the model still answers for a known-good one
+(the canary): if the canary fails too (raises or returns no probability), the model itself is broken,
+and the thread stops with :class:`ModelBroken` instead of dead-lettering the stream.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -48,16 +51,43 @@ class WindowJob:
         return self.finished_at - self.started_at
 
 
+def not_a_probability(row: Sequence[float], classes: int) -> str | None:
+    """Why a model's output row is not a probability per class, or None when it is one."""
+    if len(row) != classes:
+        return f"the model returned {len(row)} values for {classes} classes"
+    if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in row):
+        return f"the model returned non-probabilities {[float(p) for p in row]}"[:1000]
+    return None
+
+
 def classify_isolating(
     classifier: Classifier, encodings: Sequence[Encoding], sub_batch_max_tokens: int
 ) -> tuple[list[list[float] | None], dict[int, str], BatchOutcome | None]:
-    """Classify; if the model raises, split in halves until the failing texts are isolated."""
+    """Classify; if the model raises, split in halves until the failing texts are isolated.
+
+    Rows that are not probabilities are classified again on their own (a batch-level fault then
+    heals; a text that still gives NaN on its own is a failure of that text, as a raise is).
+    """
+    classes = len(classifier.labels)
     try:
         outcome = classify_encoded(classifier, encodings, sub_batch_max_tokens)
-        return list(outcome.probabilities), {}, outcome
     except Exception as exc:  # noqa: BLE001 - any model failure must not stop the stream
         if len(encodings) == 1:
             return [None], {0: f"{type(exc).__name__}: {exc}"[:1000]}, None
+    else:
+        bad = [i for i, row in enumerate(outcome.probabilities) if not_a_probability(row, classes)]
+        if not bad:
+            return list(outcome.probabilities), {}, outcome
+        if len(encodings) == 1:
+            return [None], {0: not_a_probability(outcome.probabilities[0], classes) or ""}, outcome
+        probabilities: list[list[float] | None] = list(outcome.probabilities)
+        failures: dict[int, str] = {}
+        for index in bad:
+            (again,), failed, _ = classify_isolating(classifier, [encodings[index]], sub_batch_max_tokens)
+            probabilities[index] = again
+            if failed:
+                failures[index] = failed[0]
+        return probabilities, failures, outcome
     middle = len(encodings) // 2
     left, left_failed, _ = classify_isolating(classifier, encodings[:middle], sub_batch_max_tokens)
     right, right_failed, _ = classify_isolating(classifier, encodings[middle:], sub_batch_max_tokens)
@@ -147,11 +177,17 @@ class InferenceThread:
             job.padded_tokens = job.real_tokens
 
     def _check_canary(self, failures: dict[int, str]) -> None:
+        first = next(iter(failures.values()))
         try:
-            self._classifier.predict([self._canary.ids])
+            (row,) = self._classifier.predict([self._canary.ids])
         except Exception as exc:  # noqa: BLE001 - the model fails for everything: that is not the texts' fault
-            first = next(iter(failures.values()))
             raise ModelBroken(
                 f"the model fails for every input, even a text it classified at start-up ({type(exc).__name__}: "
                 f"{exc}); first failure: {first}"[:1000]
             ) from exc
+        why = not_a_probability(row, len(self._classifier.labels))
+        if why is not None:
+            raise ModelBroken(
+                f"the model returns no probabilities, even for a text it classified at start-up ({why}); "
+                f"first failure: {first}"[:1000]
+            )

@@ -1,0 +1,72 @@
+"""Issue 18's findings on the failure paths, each reproduced on the fake port (the loop's own behaviour)."""
+
+from __future__ import annotations
+
+import math
+
+from tests.unit.test_loop import T, FakeClassifier, finish, header, keys, make_worker, texts
+from worker.errors import EXIT_FATAL
+from worker.pipeline.infer import classify_isolating, not_a_probability
+
+
+
+class NaNClassifier(FakeClassifier):
+    """Returns NaN instead of raising: for every text once broken (after start), or for ``nan_for`` only."""
+
+    def __init__(self, nan_for: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.nan_for = [ord(c) % 100 + 5 for c in nan_for] if nan_for else None
+
+    def predict(self, batch):
+        broken, self.broken = self.broken, False
+        try:
+            rows = super().predict(batch)
+        finally:
+            self.broken = broken
+        return [[math.nan, math.inf] if broken or ids[1:-1] == self.nan_for else row for ids, row in zip(batch, rows)]
+
+
+def test_finding_1_nan_for_every_text_is_a_broken_model_not_dead_letters():
+    worker, fake = make_worker(NaNClassifier(broken_after_start=True))
+    fake.feed(0, texts(20))
+    assert worker.run() is False
+    assert worker.exit_code == EXIT_FATAL and worker.fatal.reason == "model_broken"
+    assert "no probabilities" in worker.fatal.detail
+    assert fake.visible("dlq") == [] and fake.visible("out") == []
+    assert fake.committed == {}
+    assert worker.health.ready()[0] is False
+
+
+def test_finding_1_nan_for_one_text_dead_letters_that_text_only():
+    classifier = NaNClassifier(nan_for="폭탄")
+    worker, fake = make_worker(classifier)
+    fake.feed(0, [t.encode() for t in ["가", "나", "폭탄", "다"]])
+    finish(worker, fake)
+    (dead,) = fake.visible("dlq")
+    assert dead.key == b"0-2" and header(dead, "worker.error.kind") == b"inference_error"
+    assert b"non-probabilities" in header(dead, "worker.error.reason")
+    assert keys(fake.visible("out")) == [b"0-0", b"0-1", b"0-3"]
+    assert fake.committed == {(T, 0): 4}
+
+
+def test_rows_that_are_not_probabilities_are_classified_again_alone():
+    calls = []
+
+    class BatchFault(FakeClassifier):
+        def predict(self, batch):
+            calls.append(len(batch))
+            rows = super().predict(batch)
+            return [[math.nan, math.nan] for _ in rows] if len(batch) > 1 else rows  # only batches go wrong
+
+    classifier = BatchFault()
+    probabilities, failures, _ = classify_isolating(classifier, classifier.encode(["가나", "다", "라마바"]), 4096)
+    assert failures == {} and all(not_a_probability(p, 2) is None for p in probabilities)
+    assert calls[0] == 3 and calls[1:] == [1, 1, 1]
+
+
+def test_not_a_probability():
+    assert not_a_probability([0.2, 0.8], 2) is None
+    assert not_a_probability([0.2, 0.9], 2) is None  # multi-label sigmoids need not sum to 1
+    assert "non-probabilities" in not_a_probability([math.inf, 0.0], 2)
+    assert "non-probabilities" in not_a_probability([1.5, -0.5], 2)
+    assert "3 values for 2 classes" in not_a_probability([0.1, 0.2, 0.7], 2)
