@@ -252,6 +252,10 @@ class Worker:
                     f"({self.health.blocked.get('access_denied', '')})",
                 )
         inference = self.inference
+        if inference is not None:
+            stuck = inference.overdue(self._clock(), self.settings.model_stuck_after_s, self.settings.model_stuck_factor)
+            if stuck is not None:
+                raise FatalError("model_stuck", stuck)
         if inference is not None and inference.error is not None:
             if isinstance(inference.error, ModelBroken):
                 raise FatalError("model_broken", str(inference.error))

@@ -84,7 +84,7 @@ REDO_KINDS = frozenset({ErrorKind.TIMED_OUT, ErrorKind.RETRIABLE, ErrorKind.PURG
 DEAD_LETTER_KINDS = frozenset({ErrorKind.RECORD, ErrorKind.OTHER})
 
 # The label values of the worker_blocked gauge and the /readyz reasons.
-FATAL_REASONS = ("access_denied", "destination_unwritable", "model_broken", "stuck_call", "fenced", "kafka_fatal")
+FATAL_REASONS = ("access_denied", "destination_unwritable", "model_broken", "model_stuck", "stuck_call", "fenced", "kafka_fatal")
 # A client that is fenced or otherwise dead cannot abort its transaction on the way out.
 DEAD_PRODUCER_REASONS = frozenset({"fenced", "kafka_fatal"})
 

@@ -179,6 +179,14 @@ class Settings(BaseSettings):
         60.0, gt=0,
         description="Credentials or permissions refused by the cluster make the worker not-ready at once and end it (exit 4) after this many seconds.",
     )
+    model_stuck_after_s: float = Field(
+        30.0, gt=0,
+        description="A window may take this long on the model at least; past max(this, WORKER_MODEL_STUCK_FACTOR × its expected time at the measured speed) the model counts as stuck: not-ready and exit 4 (model_stuck).",
+    )
+    model_stuck_factor: float = Field(
+        20.0, ge=1,
+        description="How many times its expected time (its tokens at the speed measured on earlier windows) a window may take on the model before it counts as stuck.",
+    )
     fatal_linger_s: float = Field(
         5.0, ge=0,
         description="After a fatal error, keep answering /readyz (503, with the reason) and /metrics this long before exiting, so monitoring sees why.",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 from tests.unit.test_loop import T, FakeClassifier, finish, header, keys, make_worker, texts
-from worker.errors import EXIT_FATAL
+from worker.errors import EXIT_FATAL, FatalError
 from worker.pipeline.infer import classify_isolating, not_a_probability
 
 
@@ -70,3 +72,40 @@ def test_not_a_probability():
     assert "non-probabilities" in not_a_probability([math.inf, 0.0], 2)
     assert "non-probabilities" in not_a_probability([1.5, -0.5], 2)
     assert "3 values for 2 classes" in not_a_probability([0.1, 0.2, 0.7], 2)
+
+
+def test_finding_4_a_hung_model_call_is_model_stuck_not_a_healthy_worker():
+    gate = threading.Event()  # never set: the model call hangs
+    worker, fake = make_worker(FakeClassifier(gate=gate), model_stuck_after_s=0.3, model_stuck_factor=5)
+    worker.classifier.gate = None  # start() encodes the canary only; the hang begins with the first window
+    fake.feed(0, texts(3))
+    worker.start()
+    worker.classifier.gate = gate
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                worker.step()
+            except FatalError as exc:
+                worker.fatal = exc
+                break
+        assert worker.fatal is not None and worker.fatal.reason == "model_stuck", worker.fatal
+        assert "on the model for" in worker.fatal.detail
+        assert worker.shutdown() is False and worker.exit_code == EXIT_FATAL
+        assert worker.health.ready()[0] is False
+        assert fake.committed == {} and fake.visible("out") == []
+    finally:
+        gate.set()
+
+
+def test_model_stuck_limit_scales_with_the_window_and_the_measured_speed():
+    from worker.pipeline.infer import InferenceThread
+
+    thread = InferenceThread(FakeClassifier(), 4096, FakeClassifier().encode(["x"])[0])
+    assert thread.overdue(100.0, 1.0, 10) is None  # nothing on the model
+    thread._running = (0.0, 1000)
+    assert thread.overdue(0.5, 1.0, 10) is None
+    assert "limit 1 s" in thread.overdue(2.0, 1.0, 10)  # nothing measured yet: the floor
+    thread.seconds_per_token = 0.001  # 1000 tokens: 1 s expected, 10 s allowed
+    assert thread.overdue(9.0, 1.0, 10) is None
+    assert "limit 10 s" in thread.overdue(11.0, 1.0, 10)

@@ -114,6 +114,10 @@ class InferenceThread:
         self._thread: threading.Thread | None = None
         self.in_flight = 0  # windows submitted and not yet taken back (main thread only)
         self.error: BaseException | None = None
+        # Written by the model's thread, read by the main one (single attribute reads and writes:
+        # atomic under the GIL). The window on the model now, and its padded-token count.
+        self._running: tuple[float, int] | None = None
+        self.seconds_per_token: float | None = None  # measured on finished windows (a moving average)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
@@ -150,6 +154,25 @@ class InferenceThread:
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which stops the worker
             self.error = exc
 
+    def overdue(self, now: float, at_least_s: float, factor: float) -> str | None:
+        """Why the window now on the model counts as stuck, or None.
+
+        A call into the model cannot be interrupted, and the main loop keeps beating while it waits,
+        so without this check a hung model would look healthy forever. The limit scales with the
+        window: ``factor`` times its tokens at the measured speed, never below ``at_least_s``.
+        """
+        running = self._running
+        if running is None:
+            return None
+        started, tokens = running
+        expected = tokens * self.seconds_per_token if self.seconds_per_token is not None else 0.0
+        limit = max(at_least_s, factor * expected)
+        elapsed = now - started
+        if elapsed <= limit:
+            return None
+        return (f"a window of {tokens} tokens has been on the model for {elapsed:.0f} s "
+                f"(limit {limit:.0f} s; expected {expected:.2f} s at the measured speed)")
+
     def _classify(self, job: WindowJob) -> None:
         job.started_at = self._clock()
         entries = [e for e in job.window.items if e.encoding is not None]
@@ -157,12 +180,21 @@ class InferenceThread:
             job.finished_at = job.started_at
             return
         encodings = [e.encoding for e in entries]
-        probabilities, failures, outcome = classify_isolating(
-            self._classifier, encodings, self._sub_batch_max_tokens  # type: ignore[arg-type]
-        )
-        if failures:
-            self._check_canary(failures)
+        tokens = sum(len(e.ids) for e in encodings)  # type: ignore[union-attr]
+        self._running = (job.started_at, tokens)
+        try:
+            probabilities, failures, outcome = classify_isolating(
+                self._classifier, encodings, self._sub_batch_max_tokens  # type: ignore[arg-type]
+            )
+            if failures:
+                self._check_canary(failures)
+        finally:
+            self._running = None
         job.finished_at = self._clock()
+        if outcome is not None and outcome.padded_tokens:
+            measured = job.inference_s / outcome.padded_tokens
+            previous = self.seconds_per_token
+            self.seconds_per_token = measured if previous is None else 0.8 * previous + 0.2 * measured
         labels = self._classifier.labels
         for entry, probs in zip(entries, probabilities):
             if probs is not None and entry.encoding is not None:
