@@ -6,7 +6,8 @@ import math
 import threading
 import time
 
-from tests.unit.test_loop import T, FakeClassifier, finish, header, keys, make_worker, texts
+from tests.fakes.kafka_io import TOO_LARGE
+from tests.unit.test_loop import T, FakeClassifier, assert_exactly_once, drive, finish, header, keys, make_worker, texts
 from worker.errors import EXIT_FATAL, FatalError
 from worker.pipeline.infer import classify_isolating, not_a_probability
 
@@ -109,3 +110,32 @@ def test_model_stuck_limit_scales_with_the_window_and_the_measured_speed():
     thread.seconds_per_token = 0.001  # 1000 tokens: 1 s expected, 10 s allowed
     assert thread.overdue(9.0, 1.0, 10) is None
     assert "limit 10 s" in thread.overdue(11.0, 1.0, 10)
+
+
+def test_finding_3_exactly_once_escalation_survives_rewinds():
+    """Result refused, then its dead letter refused too: a minimal dead letter, not abort-rewind forever."""
+    worker, fake = make_worker(partitions=1, delivery="exactly_once")
+    fake.feed(0, texts(4))
+
+    def refuse(message):
+        if message.key == b"0-2" and (message.topic == "out" or (message.topic == "dlq" and message.value is not None)):
+            return TOO_LARGE
+        return None
+
+    fake.fail_delivery = refuse
+    drive(worker, fake, seconds=20)
+    assert worker.shutdown()
+    assert_exactly_once(fake, [b"0-0", b"0-1", b"0-3"])
+    (dead,) = fake.visible("dlq")
+    assert dead.value is None and header(dead, "worker.error.kind") == b"produce_error"
+    assert fake.committed == {(T, 0): 4}
+    assert fake.calls.count("abort") == 2  # one per refusal, then done
+
+
+def test_finding_3_exactly_once_record_no_destination_takes_stops_the_worker():
+    worker, fake = make_worker(partitions=1, delivery="exactly_once")
+    fake.feed(0, texts(3))
+    fake.fail_delivery = lambda m: TOO_LARGE if b"0-1" == m.key or (m.topic == "dlq") else None
+    assert worker.run() is False
+    assert worker.exit_code == EXIT_FATAL and worker.fatal.reason == "destination_unwritable"
+    assert fake.committed.get((T, 0), 0) <= 1

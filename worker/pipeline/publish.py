@@ -232,9 +232,12 @@ class TransactionalPublisher(_Producing):
         self._attempt = 0
         self._next_try = 0.0
         self._abort_reason = ""
-        # Source records the broker refused inside an aborted transaction, with the error: when
-        # they come back after the rewind, they are dead-lettered instead of failing again.
-        self._refusals: dict[tuple[str, int, int], list[tuple[int, ClientError]]] = {}
+        # Source records the broker refused inside an aborted transaction: for each refused message
+        # (its index and topic), what replaces it when the record comes back after the rewind. The
+        # replacement itself is kept, not the error, so a replacement refused in turn escalates one
+        # step further on the next rewind (result -> dead letter -> minimal dead letter -> the
+        # worker stops) instead of rebuilding the same refused dead letter forever.
+        self._refusals: dict[tuple[str, int, int], dict[int, Message]] = {}
 
     @property
     def idle(self) -> bool:
@@ -297,8 +300,10 @@ class TransactionalPublisher(_Producing):
 
     def _apply_refusals(self, delivery: Delivery) -> None:
         source = delivery.source
-        for index, error in self._refusals.pop((source.topic, source.partition, source.offset), []):
-            delivery.messages[index] = self._replacement(delivery, index, error)
+        for index, replacement in self._refusals.pop((source.topic, source.partition, source.offset), {}).items():
+            if index >= len(delivery.messages):
+                continue  # rendered under other rules since (a reload): that copy no longer exists
+            delivery.messages[index] = replacement
             delivery.escalations += 1
 
     def _send_offsets(self, positions: dict[Partition, int]) -> None:
@@ -371,7 +376,7 @@ class TransactionalPublisher(_Producing):
             # Raises FatalError when not even a minimal dead letter could replace it.
             replacement = self._replacement(delivery, index, error)
             source = delivery.source
-            self._refusals.setdefault((source.topic, source.partition, source.offset), []).append((index, error))
+            self._refusals.setdefault((source.topic, source.partition, source.offset), {})[index] = replacement
             log.warning("record %s[%d]@%d refused by %s (%s); it will be replaced by %s after the rewind",
                         source.topic, source.partition, source.offset, refused.topic, error,
                         "a minimal dead letter" if replacement.minimal else "a dead letter")
