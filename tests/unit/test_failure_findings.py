@@ -6,7 +6,7 @@ import math
 import threading
 import time
 
-from tests.fakes.kafka_io import TOO_LARGE
+from tests.fakes.kafka_io import TIMED_OUT, TOO_LARGE
 from tests.unit.test_loop import T, FakeClassifier, assert_exactly_once, drive, finish, header, keys, make_worker, texts
 from worker.errors import EXIT_FATAL, FatalError
 from worker.pipeline.infer import classify_isolating, not_a_probability
@@ -139,3 +139,38 @@ def test_finding_3_exactly_once_record_no_destination_takes_stops_the_worker():
     assert worker.run() is False
     assert worker.exit_code == EXIT_FATAL and worker.fatal.reason == "destination_unwritable"
     assert fake.committed.get((T, 0), 0) <= 1
+
+
+def test_finding_2_nothing_older_than_the_replay_is_produced_after_a_purge():
+    """A timeout reported while waiting for room in a full queue: purge, replay, and nothing stale after it."""
+    worker, fake = make_worker(batch_max_messages=64)
+    fake.queue_limit = 3
+    fake.delivery_delay = 2
+    fake.feed(0, texts(12))
+    failed = []
+
+    def fail_once(message):
+        if message.key == b"0-1" and not failed:
+            failed.append(message.key)
+            return TIMED_OUT
+        return None
+
+    fake.fail_delivery = fail_once
+    purge = fake.purge_queued
+
+    def purge_and_mark():
+        fake.written_at_purge = len([w for w in fake.written if w.topic == "out"])
+        purge()
+
+    fake.purge_queued = purge_and_mark
+    finish(worker, fake)
+    offsets = [int(k.split(b"-")[1]) for k in keys(fake.visible("out"))]
+    first_after_purge = len([w for w in fake.written if w.topic == "out"][: fake.written_at_purge])
+    after = offsets[first_after_purge:]
+    assert after and after[0] <= 1, (offsets, first_after_purge)  # the replay starts at the timed-out record
+    highest = -1
+    for offset in offsets:  # per key (partition) order: never skips ahead
+        assert offset <= highest + 1, offsets
+        highest = max(highest, offset)
+    assert set(offsets) == set(range(12))
+    assert fake.committed == {(T, 0): 12}
