@@ -47,7 +47,7 @@ from worker.pipeline.infer import CANARY_TEXT, InferenceThread, ModelBroken, Win
 from worker.pipeline.intake import Entry, decode_and_tokenize
 from worker.pipeline.publish import Published, make_publisher
 from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
-from worker.policy import DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
+from worker.policy import AUTHENTICATION_CODES, DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
 from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
@@ -105,7 +105,7 @@ class Worker:
         self.watchdog = watchdog or Watchdog(on_overrun=overrun_handler(self.health), clock=clock)
         events = ClientEvents(
             self._on_assigned, self._on_revoked, self._on_lost, self._on_client_error, self._on_progress,
-            on_wait=self._raise_if_fatal,
+            on_wait=self._raise_if_fatal, on_broker_answers=self._on_broker_answers,
         )
         self.port = clients_factory(settings, events, self.watchdog)
         self.tracker = OffsetTracker()
@@ -128,6 +128,7 @@ class Worker:
         self._started = False
         self._pending_fatal: FatalError | None = None
         self._access_since: float | None = None
+        self._access_refused_by: str | None = None  # the error code that started the access timer
         self._deadline: float | None = None  # the one shutdown deadline, once stopping
         self._throttle = Throttle(10.0, clock)
 
@@ -413,6 +414,7 @@ class Worker:
         if action is Action.WAIT_FOR_ACCESS:
             if self._access_since is None:
                 self._access_since = self._clock()
+            self._access_refused_by = error.code
             self.health.block("access_denied", str(error))
         elif action is Action.FATAL and self._pending_fatal is None:
             self._pending_fatal = fatal_for(error, "kafka client")
@@ -425,9 +427,18 @@ class Worker:
             else:
                 log.warning("kafka: %s%s", error, more)
 
+    def _on_broker_answers(self) -> None:
+        # An authenticated connection that answers proves the credentials are accepted again, so a
+        # transient authentication or TLS failure clears even on an idle worker. It proves nothing
+        # about permissions: an authorization refusal clears only with records, acknowledgements
+        # or an assignment.
+        if self._access_refused_by in AUTHENTICATION_CODES:
+            self._access_ok()
+
     def _access_ok(self) -> None:
         if self._access_since is not None:
             self._access_since = None
+            self._access_refused_by = None
             self.health.unblock("access_denied")
             log.info("the cluster accepts the worker again")
 

@@ -85,6 +85,8 @@ DEAD_LETTER_KINDS = frozenset({ErrorKind.RECORD, ErrorKind.OTHER})
 
 # The label values of the worker_blocked gauge and the /readyz reasons.
 FATAL_REASONS = ("access_denied", "destination_unwritable", "model_broken", "model_stuck", "stuck_call", "fenced", "kafka_fatal")
+# Access failures of the credentials (not of permissions): a broker answering proves they are over.
+AUTHENTICATION_CODES = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "ILLEGAL_SASL_STATE", "_SSL"})
 # A client that is fenced or otherwise dead cannot abort its transaction on the way out.
 DEAD_PRODUCER_REASONS = frozenset({"fenced", "kafka_fatal"})
 

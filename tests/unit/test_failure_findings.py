@@ -6,8 +6,21 @@ import math
 import threading
 import time
 
-from tests.fakes.kafka_io import TIMED_OUT, TOO_LARGE
-from tests.unit.test_loop import T, FakeClassifier, assert_exactly_once, drive, finish, header, keys, make_worker, texts
+import pytest
+
+from tests.fakes.kafka_io import AUTH_FAILED, DENIED, TIMED_OUT, TOO_LARGE
+from tests.unit.test_loop import (
+    T,
+    FakeClassifier,
+    assert_exactly_once,
+    drive,
+    finish,
+    header,
+    keys,
+    make_worker,
+    start,
+    texts,
+)
 from worker.errors import EXIT_FATAL, FatalError
 from worker.pipeline.infer import classify_isolating, not_a_probability
 
@@ -174,3 +187,42 @@ def test_finding_2_nothing_older_than_the_replay_is_produced_after_a_purge():
         highest = max(highest, offset)
     assert set(offsets) == set(range(12))
     assert fake.committed == {(T, 0): 12}
+
+
+def test_finding_5_a_transient_authentication_error_clears_when_a_broker_answers():
+    worker, fake = make_worker(access_failure_timeout_s=0.3)
+    start(worker)
+    fake.events.on_error(AUTH_FAILED)  # idle: no record, acknowledgement or assignment will follow
+    assert worker.health.ready()[0] is False
+    fake.events.on_broker_answers()  # the statistics show an authenticated broker answering
+    assert worker.health.ready()[0] is True
+    time.sleep(0.4)
+    worker.step()  # past the access timeout: nothing fatal
+    assert worker.fatal is None and worker.health.ready()[0] is True
+
+
+def test_an_authorization_refusal_is_not_cleared_by_a_broker_answering():
+    worker, fake = make_worker(access_failure_timeout_s=0.3)
+    start(worker)
+    fake.events.on_error(DENIED)
+    fake.events.on_broker_answers()  # connected, but the permission is still missing
+    assert worker.health.ready()[0] is False
+    time.sleep(0.4)
+    with pytest.raises(FatalError) as caught:
+        worker.step()
+    assert caught.value.reason == "access_denied"
+
+
+def test_brokers_answering_reads_the_statistics():
+    import json
+
+    from worker.kafka_io.clients import brokers_answering
+
+    def stats(state, rx):
+        return json.dumps({"brokers": {"b1:9092/1": {"state": state, "rx": rx}}})
+
+    seen: dict[str, int] = {}
+    assert not brokers_answering(stats("AUTH", 3), seen)  # first sight: nothing to compare with
+    assert not brokers_answering(stats("AUTH", 4), seen)  # answers, but not authenticated
+    assert brokers_answering(stats("UP", 6), seen)
+    assert not brokers_answering(stats("UP", 6), seen)  # nothing new

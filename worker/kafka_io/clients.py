@@ -102,6 +102,20 @@ def parse_progress(stats_json: str) -> dict[Partition, PartitionProgress]:
     return progress
 
 
+def brokers_answering(stats_json: str, previous: dict[str, int]) -> bool:
+    """Whether a broker in state UP (connected and authenticated) received responses since ``previous``.
+
+    ``previous`` (broker name -> responses received) is updated in place.
+    """
+    answering = False
+    for name, broker in json.loads(stats_json).get("brokers", {}).items():
+        received = int(broker.get("rx", 0))
+        if broker.get("state") == "UP" and received > previous.get(name, received):
+            answering = True
+        previous[name] = received
+    return answering
+
+
 def _partitions(positions: Mapping[Partition, int]) -> list[Any]:
     return [TopicPartition(t, p, o) for (t, p), o in positions.items()]
 
@@ -122,6 +136,7 @@ class KafkaClients:
         self._default_record_limit = PRODUCER_MESSAGE_MAX_BYTES
         self._cooperative = True
         self.read_committed = True
+        self._responses: dict[str, int] = {}  # per broker, responses received (from the statistics)
 
     # --- configuration ---
     def _client_id(self) -> str:
@@ -291,6 +306,8 @@ class KafkaClients:
     def _stats_cb(self, stats_json: str) -> None:
         try:
             self._events.on_progress(parse_progress(stats_json))
+            if brokers_answering(stats_json, self._responses):
+                self._events.on_broker_answers()
         except (ValueError, KeyError, TypeError):
             log.debug("unreadable librdkafka statistics", exc_info=True)
 

@@ -55,6 +55,9 @@ class ClientEvents:
     on_progress: Callable[[dict[Partition, PartitionProgress]], None] = lambda progress: None
     # Called between the attempts of a long start-up call; may raise to give up (e.g. access refused).
     on_wait: Callable[[], None] = lambda: None
+    # A broker answered requests over an authenticated connection since the last statistics: proof
+    # that the cluster accepts the worker's credentials again, even when no record flows.
+    on_broker_answers: Callable[[], None] = lambda: None
 
 
 class KafkaPort(Protocol):
