@@ -53,6 +53,7 @@ from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
 from worker.wire.routing import check_labels
 from worker.wire.rules import rules_from
+from worker.wire.sizes import record_size
 from worker.wire.types import InputRecord
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Worker:
         self.watchdog = watchdog or Watchdog(on_overrun=overrun_handler(self.health), clock=clock)
         events = ClientEvents(
             self._on_assigned, self._on_revoked, self._on_lost, self._on_client_error, self._on_progress,
-            on_wait=self._raise_if_fatal, on_broker_answers=self._on_broker_answers,
+            on_wait=self._raise_if_fatal, on_broker_answers=self._on_broker_answers, on_commit=self._on_commit,
         )
         self.port = clients_factory(settings, events, self.watchdog)
         self.tracker = OffsetTracker()
@@ -119,8 +120,8 @@ class Worker:
             settings.max_message_bytes, settings.result_field_names,
         )
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),
-                                        clock, wall_clock)
-        self.backpressure = Backpressure(self.port, settings.max_in_flight_messages)
+                                        clock, wall_clock, settings.transaction_timeout_s)
+        self.backpressure = Backpressure(self.port, settings.max_in_flight_messages, settings.max_in_flight_bytes)
         self.inference: InferenceThread | None = None
         self.exit_code = EXIT_CLEAN
         self.fatal: FatalError | None = None
@@ -128,7 +129,8 @@ class Worker:
         self._started = False
         self._pending_fatal: FatalError | None = None
         self._access_since: float | None = None
-        self._access_refused_by: str | None = None  # the error code that started the access timer
+        self._access_refused_by: str | None = None
+        self._replays = 0  # how often everything unfinished was dropped to be read again  # the error code that started the access timer
         self._deadline: float | None = None  # the one shutdown deadline, once stopping
         self._throttle = Throttle(10.0, clock)
 
@@ -192,20 +194,23 @@ class Worker:
         self._publish(inference.take())
         self._serve_publisher()
         in_flight = len(self.tracker)
-        self.backpressure.update(in_flight)
+        self.backpressure.update(in_flight, self.tracker.bytes)
         self.metrics.in_flight.set(in_flight)
 
     def drain(self, deadline: float) -> bool:
         """Classify, publish and get acknowledged every record consumed so far, before ``deadline``."""
         inference = self.inference
         assert inference is not None, "start() first"
+        replays = self._replays
         self._dispatch()
         while True:
             self.health.beat()
             self._publish(inference.take(0.01 if inference.busy else 0.0))
             self._serve_publisher()
             if not inference.busy and self.publisher.idle and len(self.tracker) == 0 and len(self.batcher) == 0:
-                return True
+                # A replay (a timed-out delivery, an aborted transaction) empties the tracker too,
+                # but what it dropped will be read again: that is not a finished drain.
+                return self._replays == replays
             if self._clock() >= deadline or inference.error is not None:
                 return False
             if not inference.busy:
@@ -274,7 +279,7 @@ class Worker:
             epoch = self.epochs.of(partition)
             if epoch is None:
                 continue  # its partition was revoked while this poll was being served
-            self.tracker.add(partition, record.offset)
+            self.tracker.add(partition, record.offset, record_size(record.key, record.value, record.headers))
             self.metrics.consumed.labels(topic=record.topic).inc()
             entry.epoch, entry.arrived_at = epoch, now
             if entry.encoding is not None:
@@ -370,6 +375,7 @@ class Worker:
     def _replay(self, reason: str) -> None:
         """Drop everything unfinished and read it again from each partition's first unfinished record."""
         positions = self.tracker.unfinished()
+        self._replays += 1
         self.epochs.renew(positions)
         self.tracker.forget(positions)
         self.batcher.take()  # whatever it held is stale now
@@ -427,6 +433,18 @@ class Worker:
             else:
                 log.warning("kafka: %s%s", error, more)
 
+    def _on_commit(self, error: ClientError | None) -> None:
+        """librdkafka's result of an (automatic) offset commit, at-least-once."""
+        if error is None:
+            self.metrics.commits.labels(outcome="committed").inc()
+            return
+        self.metrics.commits.labels(outcome="failed").inc()
+        allowed, left_out = self._throttle.allow(f"commit {error.code}")
+        if allowed:
+            more = f" ({left_out} more like it)" if left_out else ""
+            log.warning("offset commit failed: %s%s; the records after the last commit will be read again if the "
+                        "worker stops now", error, more)
+
     def _on_broker_answers(self) -> None:
         # An authenticated connection that answers proves the credentials are accepted again, so a
         # transient authentication or TLS failure clears even on an idle worker. It proves nothing
@@ -443,7 +461,8 @@ class Worker:
             log.info("the cluster accepts the worker again")
 
     def _on_progress(self, progress: dict[Partition, PartitionProgress]) -> None:
-        """Lag = end of the log (last stable offset when reading committed) − the first record not yet done."""
+        """Lag = end of the log (last stable offset when reading committed) − the first record not yet done
+        (at-least-once: or the committed offset, when that is further back)."""
         lag: dict[Partition, int] = {}
         for partition, p in progress.items():
             end = p.end(self.port.read_committed)
@@ -452,6 +471,10 @@ class Worker:
                 position = self.tracker.position(partition)
             if position is None:
                 position = p.committed if p.committed >= 0 else (p.position if p.position >= 0 else None)
+            if not self.port.transactional and p.committed >= 0 and position is not None:
+                # At-least-once commits what is done a second later (or never, when commits fail):
+                # the group's lag, which autoscalers read, counts from the committed offset.
+                position = min(position, p.committed)
             if end >= 0 and position is not None:
                 lag[partition] = max(0, end - position)
         self.metrics.set_lag(lag)
@@ -466,7 +489,8 @@ class Worker:
     def _stop_after_fatal(self) -> bool:
         fatal = self.fatal
         assert fatal is not None
-        for delivery in self.publisher.salvage():  # finished by the call that failed
+        # Finished by the call that failed, and acknowledged while it failed: committed on the way out.
+        for delivery in self.publisher.salvage(collect=self._started and fatal.reason not in DEAD_PRODUCER_REASONS):
             self._done(delivery)
         self.health.block(fatal.reason, fatal.detail)
         self.health.set_phase("stopping")

@@ -1,5 +1,8 @@
 """Back-pressure: pause consumption while too much is in flight, resume at half (hysteresis).
 
+Too much is either too many records or too many bytes: a count alone lets 4,096 records of a
+megabyte each (plus their results and the client's copies) past a container's memory limit.
+
 Pausing keeps the consumer polling, so it stays in its group. Partitions assigned while paused
 are paused at once. ``freeze`` pauses for good (shutdown, fatal errors): nothing new is read.
 """
@@ -15,19 +18,23 @@ log = logging.getLogger(__name__)
 
 
 class Backpressure:
-    def __init__(self, port: KafkaPort, limit: int) -> None:
+    def __init__(self, port: KafkaPort, limit: int, byte_limit: int | None = None) -> None:
         self._port = port
         self._limit = limit
+        self._byte_limit = byte_limit
         self.paused = False
         self.frozen = False
 
-    def update(self, in_flight: int) -> None:
+    def update(self, in_flight: int, in_flight_bytes: int = 0) -> None:
         if self.frozen:
             return
-        if not self.paused and in_flight >= self._limit:
+        byte_limit = self._byte_limit
+        over = in_flight >= self._limit or (byte_limit is not None and in_flight_bytes >= byte_limit)
+        under = in_flight < self._limit // 2 and (byte_limit is None or in_flight_bytes < byte_limit // 2)
+        if not self.paused and over:
             self.paused = True
             self._port.pause(self._port.assignment())
-        elif self.paused and in_flight < self._limit // 2:
+        elif self.paused and under:
             self.paused = False
             self._port.resume(self._port.assignment())
 

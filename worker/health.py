@@ -45,17 +45,23 @@ class Health:
     def set_phase(self, phase: str) -> None:
         self.phase = phase
         self.beat()
-        if self._metrics is not None:
-            self._metrics.ready.set(1 if phase == "serving" else 0)
+        self._show_ready()
 
     def block(self, reason: str, detail: str) -> None:
         self.blocked[reason] = detail
         if self._metrics is not None:
             self._metrics.blocked.labels(reason=reason).set(1)
+        self._show_ready()
 
     def unblock(self, reason: str) -> None:
         if self.blocked.pop(reason, None) is not None and self._metrics is not None:
             self._metrics.blocked.labels(reason=reason).set(0)
+        self._show_ready()
+
+    def _show_ready(self) -> None:
+        # worker_ready says what /readyz says (less the heartbeat, which a scrape cannot see stop).
+        if self._metrics is not None:
+            self._metrics.ready.set(1 if self.phase == "serving" and not self.blocked else 0)
 
     def live(self) -> tuple[bool, dict[str, object]]:
         if self.phase in ("loading", "starting"):

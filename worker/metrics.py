@@ -80,11 +80,17 @@ class WorkerMetrics:
             ["engine", "precision"], registry=r,
         )
         self.errors = Counter("worker_errors", "Errors by kind.", ["kind"], registry=r)
-        self.ready = Gauge("worker_ready", "1 while the model is loaded and the worker is serving.", registry=r)
+        self.commits = Counter(
+            "worker_offset_commits", "At-least-once offset commits by outcome (committed, failed), as librdkafka reports them.",
+            ["outcome"], registry=r,
+        )
+        self.ready = Gauge(
+            "worker_ready", "1 while the worker is serving and nothing blocks it (what /readyz says).", registry=r
+        )
         self.blocked = Gauge(
             "worker_blocked",
             "1 while the worker cannot go on for this reason (it then exits with code 4): access_denied, "
-            "destination_unwritable, model_broken, stuck_call, fenced, kafka_fatal.",
+            "destination_unwritable, model_broken, model_stuck, stuck_call, fenced, kafka_fatal.",
             ["reason"], registry=r,
         )
         self.stage_seconds = Histogram(

@@ -169,6 +169,10 @@ class Settings(BaseSettings):
     max_in_flight_messages: int = Field(
         4096, gt=0, description="Consumption pauses while this many messages are between the consumer and an acknowledged result."
     )
+    max_in_flight_bytes: int = Field(
+        128 * 1024 * 1024, gt=0,
+        description="...or while their keys, values and headers add up to this many bytes (each also lives on as its result and in the client's buffers), so memory is bounded whatever the record size.",
+    )
 
     # --- Operations ---
     shutdown_timeout_s: float = Field(
@@ -258,6 +262,11 @@ class Settings(BaseSettings):
             dotenv_settings,
             file_secret_settings,
         )
+
+    @property
+    def transaction_timeout_s(self) -> float:
+        """The producer's ``transaction.timeout.ms`` (``WORKER_KAFKA_[PRODUCER_]TRANSACTION_TIMEOUT_MS``), in seconds."""
+        return int(self.librdkafka("producer").get("transaction.timeout.ms", 60000)) / 1000
 
     def librdkafka(self, role: Literal["consumer", "producer", "common"]) -> dict[str, str]:
         """The pass-through librdkafka settings for one client (``common``: the shared ones), secrets revealed."""

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.fakes.kafka_io import AUTH_FAILED, DENIED, TIMED_OUT, TOO_LARGE
+from tests.fakes.kafka_io import ABORTABLE, AUTH_FAILED, DENIED, RETRIABLE, TIMED_OUT, TOO_LARGE, UNKNOWN_TOPIC
 from tests.unit.test_loop import (
     T,
     FakeClassifier,
@@ -18,10 +18,12 @@ from tests.unit.test_loop import (
     header,
     keys,
     make_worker,
+    settled,
     start,
     texts,
 )
-from worker.errors import EXIT_FATAL, FatalError
+from worker.kafka_io import PartitionProgress
+from worker.errors import EXIT_FATAL, EXIT_UNFINISHED, FatalError
 from worker.pipeline.infer import classify_isolating, not_a_probability
 
 
@@ -226,3 +228,119 @@ def test_brokers_answering_reads_the_statistics():
     assert not brokers_answering(stats("AUTH", 4), seen)  # answers, but not authenticated
     assert brokers_answering(stats("UP", 6), seen)
     assert not brokers_answering(stats("UP", 6), seen)  # nothing new
+
+
+def test_finding_7_an_abort_inside_the_shutdown_drain_is_not_a_clean_exit():
+    worker, fake = make_worker(partitions=1, delivery="exactly_once", shutdown_timeout_s=2)
+    fake.feed(0, texts(3))
+    start(worker)
+    worker.step()  # consumed and dispatched; the drain publishes the window
+    fake.commit_errors.append(ABORTABLE)  # the drain's transaction is aborted: its records will be read again
+    clean = worker.shutdown()
+    assert fake.calls.count("abort") >= 1
+    assert clean is False and worker.exit_code == EXIT_UNFINISHED
+    assert fake.committed.get((T, 0), 0) < 3
+
+
+def test_finding_11_commit_retries_follow_transaction_timeout_ms():
+    clock = [0.0]
+    worker, fake = make_worker(partitions=1, delivery="exactly_once",
+                               kafka_producer={"transaction.timeout.ms": "5000"})
+    assert worker.settings.transaction_timeout_s == 5.0
+    assert worker.publisher._txn_timeout_s == 5.0
+    worker.publisher._clock = lambda: clock[0]
+    fake.commit_errors.extend([RETRIABLE] * 5)
+    fake.feed(0, texts(2))
+    start(worker)
+
+    def advance():
+        clock[0] += 2.0  # every turn is 2 s later: a retry comes past 5 s
+        return settled(worker, fake)
+
+    drive(worker, fake, until=advance)
+    assert fake.calls.count("abort") == 1  # aborted at the limit, then rewound and committed
+    assert_exactly_once(fake, [b"0-0", b"0-1"])
+
+
+def test_finding_11_aborts_do_not_retry_without_limit():
+    clock = [0.0]
+    worker, fake = make_worker(partitions=1, delivery="exactly_once",
+                               kafka_producer={"transaction.timeout.ms": "5000"})
+    worker.publisher._clock = lambda: clock[0]
+    fake.commit_errors.append(ABORTABLE)
+    fake.abort_errors.extend([RETRIABLE] * 1000)
+    fake.feed(0, texts(2))
+    start(worker)
+    with pytest.raises(FatalError) as caught:
+        for _ in range(1000):
+            clock[0] += 1.0
+            worker.step()
+    assert caught.value.reason == "kafka_fatal" and "abort_transaction kept failing" in caught.value.detail
+    assert fake.calls.count("abort") < 20
+
+
+def test_finding_11_worker_ready_is_0_whenever_readyz_is_503():
+    worker, fake = make_worker()
+    start(worker)
+    assert worker.health.ready()[0] is True and worker.metrics.ready._value.get() == 1
+    fake.events.on_error(DENIED)
+    assert worker.health.ready()[0] is False and worker.metrics.ready._value.get() == 0
+    fake.feed(0, texts(1))
+    drive(worker, fake)  # records flow again: access proven
+    assert worker.health.ready()[0] is True and worker.metrics.ready._value.get() == 1
+
+
+def test_finding_11_at_least_once_commit_failures_are_counted_and_the_lag_counts_from_the_commit():
+    worker, fake = make_worker()
+    fake.feed(0, texts(5))
+    drive(worker, fake)
+    fake.events.on_commit(RETRIABLE)
+    fake.events.on_commit(None)
+    assert worker.metrics.commits.labels(outcome="failed")._value.get() == 1
+    assert worker.metrics.commits.labels(outcome="committed")._value.get() == 1
+    # All 5 done, but the group's committed offset is still 2: the lag the group (and KEDA) sees is 8.
+    fake.events.on_progress({(T, 0): PartitionProgress(high_watermark=10, last_stable=10, committed=2, position=5)})
+    assert worker.metrics.lag.labels(T, "0")._value.get() == 8
+
+
+def test_finding_11_after_a_fatal_error_every_acknowledged_record_is_committed():
+    """The reports after the one that stops the worker still count (before: dropped with it)."""
+    worker, fake = make_worker(partitions=2, batch_max_messages=64)
+    fake.feed(0, texts(3, "a"))
+    fake.feed(1, texts(3, "b"))
+    fake.fail_delivery = lambda m: UNKNOWN_TOPIC if m.topic == "out" and m.key == b"0-0" else None
+    assert worker.run() is False
+    assert worker.fatal.reason == "destination_unwritable"
+    acknowledged = {w.key for w in fake.written if w.topic == "out"}
+    assert {b"1-0", b"1-1", b"1-2"} <= acknowledged
+    assert fake.committed.get((T, 1)) == 3  # partition 1's results were all acknowledged
+    assert fake.committed.get((T, 0), 0) == 0
+
+
+def test_finding_10_backpressure_bounds_the_bytes_in_flight_too():
+    gate = threading.Event()  # the model holds the window: nothing finishes while the test looks
+    worker, fake = make_worker(FakeClassifier(gate=gate), max_in_flight_messages=1000, max_in_flight_bytes=50_000,
+                               batch_max_messages=1000, batch_max_tokens=10**6)
+    fake.feed(0, ["가".encode() * 10_000] * 8)  # 30 kB each: two are past the byte limit, far below the count
+    start(worker)
+    worker.step()
+    assert worker.tracker.bytes >= 50_000 and len(worker.tracker) < 1000
+    assert fake.paused == {(T, 0)}
+    gate.set()
+    drive(worker, fake)
+    assert worker.tracker.bytes == 0 and not worker.backpressure.paused
+
+
+def test_tracker_counts_bytes_until_done_or_forgotten():
+    from worker.kafka_io import OffsetTracker
+
+    t, p, q = OffsetTracker(), (T, 0), (T, 1)
+    t.add(p, 0, 100)
+    t.add(p, 1, 50)
+    t.add(q, 0, 7)
+    t.mark_done(p, 1)
+    assert t.bytes == 157  # offset 1 waits behind offset 0
+    t.mark_done(p, 0)
+    assert t.bytes == 7
+    t.forget([q])
+    assert t.bytes == 0

@@ -161,6 +161,8 @@ class KafkaClients:
             "error_cb": self._error_cb,
             "logger": _LIBRDKAFKA_LOG,
         }
+        if not self.transactional:
+            config["on_commit"] = self._commit_cb
         if s.statistics_interval_ms:
             config["stats_cb"] = self._stats_cb
         config.update(s.librdkafka("consumer"))
@@ -302,6 +304,14 @@ class KafkaClients:
     # --- callbacks (run inside poll/consume/flush on the calling thread) ---
     def _error_cb(self, error: Any) -> None:
         self._events.on_error(classify(error))
+
+    def _commit_cb(self, error: Any, partitions: list[Any]) -> None:
+        # _NO_OFFSET: nothing new to commit (an automatic commit with nothing stored), not a failure.
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            self._events.on_commit(classify(error))
+            return
+        failed = next((p.error for p in partitions or () if p.error is not None), None)
+        self._events.on_commit(classify(failed) if failed is not None else None)
 
     def _stats_cb(self, stats_json: str) -> None:
         try:

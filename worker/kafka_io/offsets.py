@@ -21,12 +21,17 @@ class OffsetTracker:
         self._done: dict[Partition, set[int]] = {}
         self._position: dict[Partition, int] = {}
         self._reported: dict[Partition, int] = {}
+        self._sizes: dict[Partition, dict[int, int]] = {}  # bytes of each pending record, where given
+        self.bytes = 0  # bytes of the pending records: what back-pressure bounds besides their count
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._pending.values())
 
-    def add(self, partition: Partition, offset: int) -> None:
+    def add(self, partition: Partition, offset: int, size: int = 0) -> None:
         self._pending.setdefault(partition, deque()).append(offset)
+        if size:
+            self._sizes.setdefault(partition, {})[offset] = size
+            self.bytes += size
 
     def mark_done(self, partition: Partition, offset: int) -> None:
         pending = self._pending.get(partition)
@@ -34,9 +39,11 @@ class OffsetTracker:
             return  # partition was revoked, lost or rewound meanwhile
         done = self._done.setdefault(partition, set())
         done.add(offset)
+        sizes = self._sizes.get(partition, {})
         while pending and pending[0] in done:
             finished = pending.popleft()
             done.discard(finished)
+            self.bytes -= sizes.pop(finished, 0)
             self._position[partition] = finished + 1
 
     def committable(self) -> dict[Partition, int]:
@@ -60,6 +67,7 @@ class OffsetTracker:
 
     def forget(self, partitions: Iterable[Partition]) -> None:
         for p in partitions:
+            self.bytes -= sum(self._sizes.pop(p, {}).values())
             for table in (self._pending, self._done, self._position, self._reported):
                 table.pop(p, None)
 

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
+from worker.errors import FatalError
 from worker.kafka_io import KafkaCallError, KafkaPort, Partition
 from worker.pipeline.render import Delivery, Message, Renderer
 from worker.policy import (
@@ -43,9 +44,10 @@ log = logging.getLogger(__name__)
 
 # Seconds one transactional call may take before it is retried (commit/abort are resumable).
 TXN_CALL_TIMEOUT_S = 10.0
-# How long a transaction may keep failing with retriable errors before it is aborted and rewound
-# (the broker aborts it itself after transaction.timeout.ms, 60 s by default).
-TXN_RETRY_LIMIT_S = 60.0
+# How long a commit may keep failing with retriable errors before it is aborted and rewound, and an
+# abort before the worker stops: the producer's transaction.timeout.ms, after which the broker has
+# aborted the transaction itself (librdkafka's default, 60 s, when the setting is not given).
+DEFAULT_TXN_TIMEOUT_S = 60.0
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 QUEUE_FULL_WAIT_S = 0.05
 
@@ -70,7 +72,7 @@ class Publisher(Protocol):
 
     def abandon(self, deadline: float) -> Published: ...
 
-    def salvage(self) -> list[Delivery]: ...
+    def salvage(self, collect: bool = False) -> list[Delivery]: ...
 
 
 class _Replay(Exception):
@@ -109,8 +111,12 @@ class _Producing:
         done, self._done = self._done, []
         return done
 
-    def salvage(self) -> list[Delivery]:
-        """What a call that raised had finished before it did (the worker still commits those on its way out)."""
+    def salvage(self, collect: bool = False) -> list[Delivery]:
+        """What a call that raised had finished before it did (the worker still commits those on its way out).
+
+        ``collect``: the client still works (the fatal error was not its own), so the acknowledgements
+        waiting in it are taken too: every record acknowledged before the worker stops is committed.
+        """
         return self._take_done()
 
     def _produce_all(self, delivery: Delivery) -> None:
@@ -162,6 +168,10 @@ class _Producing:
 class AtLeastOncePublisher(_Producing):
     """Produce as windows finish; a delivery is finished when all its messages are acknowledged."""
 
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._unhandled: deque = deque()  # delivery reports taken from the client, not yet handled
+
     @property
     def idle(self) -> bool:
         return True  # nothing of its own beyond what the offset tracker counts
@@ -191,8 +201,29 @@ class AtLeastOncePublisher(_Producing):
         super()._wait_for_room()
         self._handle_reports()
 
+    def salvage(self, collect: bool = False) -> list[Delivery]:
+        if collect:
+            try:
+                self._port.serve(0)
+                self._unhandled.extend(self._port.take_reports())
+            except KafkaCallError:
+                pass
+        # Only acknowledgements count now: a failed report would need a dead letter or a replay,
+        # and the worker is stopping; those records are read again.
+        while self._unhandled:
+            (tag, delivery, _), error = self._unhandled.popleft()
+            if error is None and tag == self._tag and self._is_current(delivery):
+                delivery.pending -= 1
+                if delivery.pending == 0:
+                    self._done.append(delivery)
+        return self._take_done()
+
     def _handle_reports(self) -> None:
-        for (tag, delivery, index), error in self._port.take_reports():
+        # Reports wait in _unhandled until handled: when one of them stops the worker, the
+        # acknowledgements after it still count (salvage).
+        self._unhandled.extend(self._port.take_reports())
+        while self._unhandled:
+            (tag, delivery, index), error = self._unhandled.popleft()
             if tag != self._tag or not self._is_current(delivery):
                 continue  # from before a replay or a revocation: the record is being redone elsewhere
             if error is None:
@@ -212,6 +243,7 @@ class AtLeastOncePublisher(_Producing):
                     delivery.messages[0].topic, error)
         self._port.purge_queued()
         self._tag += 1
+        self._unhandled.clear()  # all from before the replay now
         raise _Replay(f"delivery failed: {error}")
 
 
@@ -223,8 +255,9 @@ class TransactionalPublisher(_Producing):
 
     transactional = True
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args, txn_timeout_s: float = DEFAULT_TXN_TIMEOUT_S, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
+        self._txn_timeout_s = txn_timeout_s
         self._waiting: deque[list[Delivery]] = deque()
         self._txn: list[Delivery] = []
         self._state = IDLE
@@ -333,8 +366,8 @@ class TransactionalPublisher(_Producing):
             if action is Action.ABORT:
                 self._start_abort(f"commit_transaction: {error}")
             elif action is Action.CALL_AGAIN:
-                if self._clock() - self._since > TXN_RETRY_LIMIT_S:
-                    self._start_abort(f"commit_transaction kept failing for {TXN_RETRY_LIMIT_S:.0f} s: {error}")
+                if self._clock() - self._since > self._txn_timeout_s:
+                    self._start_abort(f"commit_transaction kept failing for {self._txn_timeout_s:.0f} s: {error}")
                 else:
                     # Resumable: calling commit_transaction() again continues the same commit.
                     log.warning("commit_transaction failed (%s); calling it again", error)
@@ -386,6 +419,12 @@ class TransactionalPublisher(_Producing):
             self._port.abort_transaction(TXN_CALL_TIMEOUT_S)
         except KafkaCallError as exc:
             if for_transaction_call(exc.error, aborting=True) is Action.CALL_AGAIN:
+                if self._clock() - self._since > self._txn_timeout_s:
+                    # The broker has aborted the transaction by now; a fresh producer (the restart)
+                    # starts clean, this one cannot get past its abort.
+                    raise FatalError(
+                        "kafka_fatal", f"abort_transaction kept failing for {self._txn_timeout_s:.0f} s: {exc.error}"
+                    ) from None
                 log.warning("abort_transaction failed (%s); calling it again", exc.error)
                 self._schedule_retry()
                 return
@@ -422,7 +461,9 @@ class _Abort(Exception):
 
 
 def make_publisher(port: KafkaPort, renderer: Renderer, is_current: Callable[[Delivery], bool],
-                   beat: Callable[[], None], clock: Callable[[], float], wall_clock: Callable[[], float]) -> Publisher:
+                   beat: Callable[[], None], clock: Callable[[], float], wall_clock: Callable[[], float],
+                   txn_timeout_s: float = DEFAULT_TXN_TIMEOUT_S) -> Publisher:
     """The publisher for the port's delivery mode: the only place that tells the two apart."""
-    publisher = TransactionalPublisher if port.transactional else AtLeastOncePublisher
-    return publisher(port, renderer, is_current, beat, clock, wall_clock)
+    if port.transactional:
+        return TransactionalPublisher(port, renderer, is_current, beat, clock, wall_clock, txn_timeout_s=txn_timeout_s)
+    return AtLeastOncePublisher(port, renderer, is_current, beat, clock, wall_clock)
