@@ -36,7 +36,7 @@ run: setup tools
 	   bash deploy/kafka/kafka.sh topics-create "$${WORKER_OUTPUT_TOPIC:-comments-classified}" 3 && \
 	   bash deploy/kafka/kafka.sh topics-create "$${WORKER_DLQ_TOPIC:-comments-dlq}" 1; fi
 	@if [ -z "$$WORKER_MODEL" ] && [ -d "$(STAND_IN)" ]; then export WORKER_MODEL="$(STAND_IN)"; fi; \
-	 exec $(BIN)/worker run
+	 exec $(BIN)/python -m worker.supervise   # worker-supervised: restarts `worker run` after exit 4 or a crash
 
 demo: setup tools
 	$(BIN)/python scripts/demo.py $(DEMO_ARGS)

@@ -101,7 +101,8 @@ def demo(args: argparse.Namespace, bootstrap: str) -> int:
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"koelectra-demo-{run_id}.log"
     print(f"model: {model}\nbroker: {bootstrap}\ntopics: {topics['input']} -> {topics['output']}\n"
           f"metrics: http://127.0.0.1:{metrics_port}/metrics   worker log: {log_path}", flush=True)
-    worker = start_worker_process(env, log_path, truncate=True)
+    # Under worker-supervised, as `make run`: an exit 4 (documented: "restart me") is restarted here too.
+    worker = start_worker_process(env, log_path, module="worker.supervise", args=(), truncate=True)
     try:
         print("loading the model and joining the consumer group ...", flush=True)
         try:

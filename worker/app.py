@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from worker.backpressure import Backpressure
 from worker.engines.base import Classifier, Encoding
@@ -130,13 +131,16 @@ class Worker:
         self._pending_fatal: FatalError | None = None
         self._access_since: float | None = None
         self._access_refused_by: str | None = None
+        self._stop_requested_at: float | None = None  # the shutdown deadline counts from here
         self._replays = 0  # how often everything unfinished was dropped to be read again  # the error code that started the access timer
         self._deadline: float | None = None  # the one shutdown deadline, once stopping
         self._throttle = Throttle(10.0, clock)
 
     # --- lifecycle ---
     def request_stop(self) -> None:
-        """Safe from any thread and from a signal handler: only sets a flag."""
+        """Safe from any thread and from a signal handler: only sets a flag (and when it was first set)."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = self._clock()
         self._stop.set()
 
     @property
@@ -202,6 +206,27 @@ class Worker:
         inference = self.inference
         assert inference is not None, "start() first"
         replays = self._replays
+        with self._within(deadline):
+            return self._drain(inference, deadline, replays)
+
+    @contextmanager
+    def _within(self, deadline: float) -> Iterator[None]:
+        """Every wait inside the publisher's calls keeps to ``deadline`` (and to an outer one)."""
+        outer = self.publisher.deadline
+        self.publisher.deadline = deadline if outer is None else min(outer, deadline)
+        try:
+            yield
+        finally:
+            self.publisher.deadline = outer
+
+    def _stop_deadline(self) -> float:
+        """When a stop was requested (a signal during a revocation drain), the drain ends by the shutdown's deadline."""
+        if self._stop_requested_at is None:
+            return float("inf")
+        timeout = self.settings.shutdown_timeout_s
+        return self._stop_requested_at + timeout - min(2.0, 0.2 * timeout)
+
+    def _drain(self, inference: InferenceThread, deadline: float, replays: int) -> bool:
         self._dispatch()
         while True:
             self.health.beat()
@@ -211,6 +236,8 @@ class Worker:
                 # A replay (a timed-out delivery, an aborted transaction) empties the tracker too,
                 # but what it dropped will be read again: that is not a finished drain.
                 return self._replays == replays
+            deadline = min(deadline, self._stop_deadline())
+            self.publisher.deadline = min(self.publisher.deadline or deadline, deadline)
             if self._clock() >= deadline or inference.error is not None:
                 return False
             if not inference.busy:
@@ -226,7 +253,8 @@ class Worker:
             return self._stop_after_fatal()
         self.health.set_phase("stopping")
         timeout = self.settings.shutdown_timeout_s
-        self._deadline = self._clock() + timeout
+        # From the signal, not from now: a revocation drain may have run since.
+        self._deadline = (self._stop_requested_at if self._stop_requested_at is not None else self._clock()) + timeout
         reserve = min(2.0, 0.2 * timeout)  # kept for leaving the group
         self.backpressure.freeze()
         try:
@@ -482,7 +510,8 @@ class Worker:
     # --- stopping ---
     def _abandon(self, deadline: float) -> None:
         try:
-            self._settle(self.publisher.abandon(deadline))
+            with self._within(deadline):
+                self._settle(self.publisher.abandon(deadline))
         except (FatalError, KafkaCallError) as exc:
             log.warning("could not abort the open transaction: %s", exc)
 

@@ -344,3 +344,33 @@ def test_tracker_counts_bytes_until_done_or_forgotten():
     assert t.bytes == 7
     t.forget([q])
     assert t.bytes == 0
+
+
+def test_finding_6_retries_inside_the_shutdown_drain_keep_to_its_deadline():
+    worker, fake = make_worker(partitions=1, delivery="exactly_once", shutdown_timeout_s=1.0)
+    fake.feed(0, texts(2))
+    start(worker)
+    worker.step()
+    fake.send_offsets_errors.extend([RETRIABLE] * 6)  # backoffs of 0.1+0.2+0.5+1+2 s: past the deadline
+    began = time.monotonic()
+    worker.request_stop()
+    clean = worker.shutdown()
+    assert time.monotonic() - began < 1.5
+    assert clean is False and worker.exit_code == EXIT_UNFINISHED
+    assert fake.committed.get((T, 0), 0) == 0
+
+
+def test_finding_6_a_stop_during_a_revocation_drain_ends_it_by_the_shutdown_deadline():
+    gate = threading.Event()
+    worker, fake = make_worker(FakeClassifier(gate=gate), partitions=1, shutdown_timeout_s=1.0)
+    fake.feed(0, texts(3))
+    start(worker)
+    worker.step()  # the model holds the window
+    worker.request_stop()  # SIGTERM arrives...
+    began = time.monotonic()
+    time.sleep(0.3)
+    fake.revoke([(T, 0)])  # ...and a revocation drain starts 0.3 s later: it ends by the stop's deadline
+    try:
+        assert time.monotonic() - began < 1.0
+    finally:
+        gate.set()

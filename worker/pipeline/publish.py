@@ -61,6 +61,8 @@ class Published:
 
 
 class Publisher(Protocol):
+    deadline: float | None  # set by the loop during a drain: every wait inside a call keeps to it
+
     def publish(self, deliveries: list[Delivery]) -> Published: ...
 
     def step(self) -> Published: ...
@@ -98,6 +100,16 @@ class _Producing:
         self._wall_clock = wall_clock
         self._tag = 0  # changes whenever earlier delivery reports must be ignored
         self._done: list[Delivery] = []  # finished during the current call
+        self.deadline: float | None = None  # inside a drain: no wait of a call may pass it
+
+    def _time_left(self, wanted_s: float) -> float:
+        """``wanted_s``, or less inside a drain: what is left of its deadline."""
+        if self.deadline is None:
+            return wanted_s
+        return max(0.0, min(wanted_s, self.deadline - self._clock()))
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and self._clock() >= self.deadline
 
     def _finishing(self, work: Callable[[], None]) -> Published:
         """Run one call's work; what it finished (and a replay it asked for) is the call's answer."""
@@ -133,15 +145,21 @@ class _Producing:
                 return
             except BufferError:
                 # The local queue is full: serve deliveries until there is room (bounded by
-                # message.timeout.ms, after which queued messages fail and free their space).
+                # message.timeout.ms, after which queued messages fail and free their space, and
+                # inside a drain by its deadline).
                 self._beat()
+                if self._past_deadline():
+                    self._out_of_time("waiting for room in the producer queue")
                 self._wait_for_room()
             except KafkaCallError as exc:
                 self._refused(delivery, index, exc.error)
                 return
 
     def _wait_for_room(self) -> None:
-        self._port.serve(QUEUE_FULL_WAIT_S)
+        self._port.serve(self._time_left(QUEUE_FULL_WAIT_S))
+
+    def _out_of_time(self, doing: str) -> None:
+        raise NotImplementedError
 
     def _replacement(self, delivery: Delivery, index: int, error: ClientError) -> Message:
         """The dead letter that takes the place of a message the broker refused for good."""
@@ -235,6 +253,13 @@ class AtLeastOncePublisher(_Producing):
             else:
                 self._refused(delivery, index, error)
 
+    def _out_of_time(self, doing: str) -> None:
+        # What is not produced now is read again; what is queued must not be written after it.
+        self._port.purge_queued()
+        self._tag += 1
+        self._unhandled.clear()
+        raise _Replay(f"the drain's deadline passed while {doing}")
+
     def _replay_after(self, error: ClientError, delivery: Delivery) -> None:
         # librdkafka gave up on this message after message.timeout.ms. Messages produced after it
         # may still be written, which would put later results of a key before earlier ones; so drop
@@ -289,6 +314,8 @@ class TransactionalPublisher(_Producing):
 
     def _advance(self) -> None:
         while True:
+            if self._past_deadline():
+                return  # the drain gives up; abandon() aborts what is open
             if self._state != IDLE:
                 if self._clock() < self._next_try:
                     return
@@ -324,6 +351,9 @@ class TransactionalPublisher(_Producing):
             return
         self._try_commit()
 
+    def _out_of_time(self, doing: str) -> None:
+        raise _Abort(f"the drain's deadline passed while {doing}")
+
     def _positions(self) -> dict[Partition, int]:
         positions: dict[Partition, int] = {}
         for delivery in self._txn:
@@ -342,7 +372,7 @@ class TransactionalPublisher(_Producing):
     def _send_offsets(self, positions: dict[Partition, int]) -> None:
         for backoff in (*BACKOFF_S, None):
             try:
-                self._port.send_offsets(positions, TXN_CALL_TIMEOUT_S)
+                self._port.send_offsets(positions, self._call_timeout())
                 return
             except KafkaCallError as exc:
                 error = exc.error
@@ -351,7 +381,7 @@ class TransactionalPublisher(_Producing):
                     raise _Abort(f"send_offsets_to_transaction: {error}") from None
                 if action is Action.FATAL:
                     raise fatal_for(error, "send_offsets_to_transaction") from None
-                if backoff is None:
+                if backoff is None or self._time_left(backoff) < backoff:
                     raise _Abort(f"send_offsets_to_transaction kept failing: {error}") from None
                 log.warning("send_offsets_to_transaction failed (%s); retrying with the same offsets", error)
                 self._beat()
@@ -359,7 +389,7 @@ class TransactionalPublisher(_Producing):
 
     def _try_commit(self) -> None:
         try:
-            self._port.commit_transaction(TXN_CALL_TIMEOUT_S)
+            self._port.commit_transaction(self._call_timeout())
         except KafkaCallError as exc:
             error = exc.error
             action = for_transaction_call(error)
@@ -379,6 +409,10 @@ class TransactionalPublisher(_Producing):
         self._state = IDLE
         self._port.take_reports()  # all delivered, or the commit would have failed
         self._done.extend(d for d in committed if self._is_current(d))
+
+    def _call_timeout(self) -> float:
+        # At least a moment: a call with no time at all fails without trying (it is resumable).
+        return max(0.1, self._time_left(TXN_CALL_TIMEOUT_S))
 
     def _schedule_retry(self) -> None:
         self._next_try = self._clock() + BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
@@ -416,7 +450,7 @@ class TransactionalPublisher(_Producing):
 
     def _try_abort(self) -> None:
         try:
-            self._port.abort_transaction(TXN_CALL_TIMEOUT_S)
+            self._port.abort_transaction(self._call_timeout())
         except KafkaCallError as exc:
             if for_transaction_call(exc.error, aborting=True) is Action.CALL_AGAIN:
                 if self._clock() - self._since > self._txn_timeout_s:
