@@ -21,13 +21,14 @@ class Backpressure:
         self.paused = False
         self.frozen = False
 
-    def update(self, in_flight: int) -> None:
+    def update(self, in_flight: int, hold: bool = False) -> None:
+        """``hold``: pause whatever is in flight (records are held until the Schema Registry answers)."""
         if self.frozen:
             return
-        if not self.paused and in_flight >= self._limit:
+        if not self.paused and (hold or in_flight >= self._limit):
             self.paused = True
             self._port.pause(self._port.assignment())
-        elif self.paused and in_flight < self._limit // 2:
+        elif self.paused and not hold and in_flight < self._limit // 2:
             self.paused = False
             self._port.resume(self._port.assignment())
 

@@ -83,8 +83,11 @@ REDO_KINDS = frozenset({ErrorKind.TIMED_OUT, ErrorKind.RETRIABLE, ErrorKind.PURG
 # Refusals of one record (and librdkafka's "other" errors): the record's dead letter takes its place.
 DEAD_LETTER_KINDS = frozenset({ErrorKind.RECORD, ErrorKind.OTHER})
 
-# The label values of the worker_blocked gauge and the /readyz reasons.
-FATAL_REASONS = ("access_denied", "destination_unwritable", "model_broken", "stuck_call", "fenced", "kafka_fatal")
+# The label values of the worker_blocked gauge and the /readyz reasons (registry_unreachable: waiting, not fatal
+# unless the worker is stopped while waiting at start).
+FATAL_REASONS = (
+    "access_denied", "destination_unwritable", "model_broken", "stuck_call", "fenced", "kafka_fatal", "registry_unreachable",
+)
 # A client that is fenced or otherwise dead cannot abort its transaction on the way out.
 DEAD_PRODUCER_REASONS = frozenset({"fenced", "kafka_fatal"})
 

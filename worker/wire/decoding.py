@@ -151,13 +151,22 @@ def _decode(record: InputRecord, input_format: str, text_field: str, max_bytes: 
                 )
         if not isinstance(document, dict):
             return Rejection(record, NOT_AN_OBJECT, f"JSON value is a {type(document).__name__}, not an object")
-        text = _lookup(document, text_field)
-        if text is None:
-            return Rejection(record, MISSING_TEXT, f"JSON object has no field {text_field!r}")
-        if not isinstance(text, str):
-            return Rejection(record, MISSING_TEXT, f"field {text_field!r} is a {type(text).__name__}, not a string")
         # JSON whitespace around the document is legal but useless inside the result.
-        raw_json = bytes(value).strip(b" \t\r\n")
+        return comment_of(record, document, text_field, bytes(value).strip(b" \t\r\n"), "JSON object")
+    if not text.strip():
+        return Rejection(record, EMPTY_TEXT, "text is empty or whitespace only")
+    return Comment(record, text, raw_json)
+
+
+def comment_of(
+    record: InputRecord, document: dict[str, Any], text_field: str, raw_json: bytes | None, what: str = "record"
+) -> Comment | Rejection:
+    """The Comment of a decoded record (JSON, or a Schema Registry format): its text at ``text_field``."""
+    text = _lookup(document, text_field)
+    if text is None:
+        return Rejection(record, MISSING_TEXT, f"{what} has no field {text_field!r}")
+    if not isinstance(text, str):
+        return Rejection(record, MISSING_TEXT, f"field {text_field!r} is a {type(text).__name__}, not a string")
     if not text.strip():
         return Rejection(record, EMPTY_TEXT, "text is empty or whitespace only")
     return Comment(record, text, raw_json)
