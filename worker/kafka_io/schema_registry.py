@@ -24,8 +24,8 @@ import logging
 from typing import Any
 
 import fastavro
-import httpx
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.common._httpx_compat import httpx  # httpx2 or httpx: the client's
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.json_format import MessageToDict
@@ -86,8 +86,10 @@ def result_message_class() -> Any:
     prefix = f".{NAMESPACE}.{RECORD_NAME}"
 
     def field(message: Any, name: str, number: int, kind: int, type_name: str = "", repeated: bool = False) -> None:
-        message.field.add(name=name, number=number, type=kind, type_name=type_name,
-                          label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL, json_name=name)
+        added = message.field.add(name=name, number=number, type=kind, json_name=name,
+                                  label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+        if type_name:
+            added.type_name = type_name
 
     for name, number, kind, type_name in (
         ("label", 1, F.TYPE_STRING, ""), ("score", 2, F.TYPE_DOUBLE, ""), ("input", 3, F.TYPE_STRING, ""),
