@@ -136,7 +136,7 @@ class RegistrySchemas:
     @property
     def client(self) -> SchemaRegistryClient:
         if self._client is None:
-            self._client = SchemaRegistryClient(self._config)
+            self._client = SchemaRegistryClient.new_client(self._config)  # mock:// URLs: the client's in-memory mock
         return self._client
 
     # --- input ---
