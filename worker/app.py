@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from worker.backpressure import Backpressure
 from worker.engines.base import Classifier, Encoding
-from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
+from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, ConfigError, FatalError
 from worker.health import Health
 from worker.kafka_io import (
     ClientEvents,
@@ -77,7 +77,13 @@ def default_clients(settings: Settings, events: ClientEvents, watchdog: Watchdog
 
 
 def default_schemas(settings: Settings) -> SchemaPort:
-    from worker.kafka_io.schema_registry import RegistrySchemas
+    try:
+        from worker.kafka_io.schema_registry import RegistrySchemas
+    except ImportError as exc:
+        raise ConfigError(
+            f"WORKER_INPUT_FORMAT={settings.input_format} / WORKER_OUTPUT_FORMAT={settings.output_format} need "
+            f"the Schema Registry client ({exc}): pip install 'koelectra-worker[schema-registry]'"
+        ) from None
 
     return RegistrySchemas(settings)
 
