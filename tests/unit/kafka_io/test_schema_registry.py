@@ -129,3 +129,15 @@ def test_known_schemas_outlive_the_registry_new_ones_wait_for_it(url):
         port.decode("avro", parse_frame(frame(424242, b"\x02"), "avro"))
     with pytest.raises(RegistryUnreachable):
         schemas("http://127.0.0.1:9", "avro").prepare(["out"])
+
+
+def test_schema_formats_need_a_registry_url_and_the_url_is_masked():
+    from worker.errors import ConfigError
+    from worker.settings import load_settings
+
+    with pytest.raises(ConfigError, match="WORKER_SCHEMA_REGISTRY_URL is needed"):
+        load_settings(input_format="protobuf")
+    with pytest.raises(ConfigError, match="WORKER_SCHEMA_REGISTRY_URL is needed"):
+        load_settings(output_format="avro")
+    settings = load_settings(input_format="json_schema", schema_registry_url="https://me:pw@registry:8081")
+    assert settings.masked_dump()["schema_registry_url"] == "https://**********@registry:8081"
