@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 pytest.importorskip("fastavro", reason="confluent-kafka[avro,json,protobuf,schemaregistry] is in the test extra")
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient  # noqa: E402
+from confluent_kafka.schema_registry import SchemaRegistryClient  # noqa: E402
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer  # noqa: E402
 from confluent_kafka.schema_registry.json_schema import JSONSerializer  # noqa: E402
 from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer  # noqa: E402

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from worker.engines.base import Classifier, Encoding
-from worker.wire.decoding import comment_of, decode, describe
+from worker.wire.decoding import comment_of, decode, describe, unusable
 from worker.wire.framing import (
     SCHEMA_FORMATS,
     NotFramed,
@@ -35,12 +35,9 @@ from worker.wire.framing import (
     parse_frame,
 )
 from worker.wire.types import (
-    DECODE_ERROR,
     NO_SCHEMA_HEADER,
     NOT_AN_OBJECT,
     TOKENIZE_ERROR,
-    TOMBSTONE,
-    TOO_LARGE,
     UNDECODABLE_BODY,
     UNKNOWN_SCHEMA,
     Comment,
@@ -107,15 +104,12 @@ def decode_framed(
     record: InputRecord, schemas: SchemaPort, schema_format: Any, text_field: str, max_bytes: int
 ) -> Comment | Rejection:
     """One Schema Registry record: a Comment or a Rejection; raises only RegistryUnreachable."""
-    if record.unreadable is not None:
-        return Rejection(record, DECODE_ERROR, record.unreadable)
-    value = record.value
-    if value is None:
-        return Rejection(record, TOMBSTONE, "record value is null (tombstone)")
-    if len(value) > max_bytes:
-        return Rejection(record, TOO_LARGE, f"value is {len(value)} bytes, limit is {max_bytes}")
+    rejection = unusable(record, max_bytes)
+    if rejection is not None:
+        return rejection
+    assert record.value is not None
     try:
-        framed = parse_frame(value, schema_format)
+        framed = parse_frame(record.value, schema_format)
     except NotFramed as exc:
         return Rejection(record, NO_SCHEMA_HEADER, str(exc))
     try:

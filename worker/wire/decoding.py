@@ -121,14 +121,23 @@ def decode(
         return Rejection(record, DECODE_ERROR, f"could not decode: {describe(exc)}")
 
 
-def _decode(record: InputRecord, input_format: str, text_field: str, max_bytes: int) -> Comment | Rejection:
+def unusable(record: InputRecord, max_bytes: int) -> Rejection | None:
+    """Why a record cannot be decoded whatever its format (unreadable, tombstone, too large), or None."""
     if record.unreadable is not None:
         return Rejection(record, DECODE_ERROR, record.unreadable)
-    value = record.value
-    if value is None:
+    if record.value is None:
         return Rejection(record, TOMBSTONE, "record value is null (tombstone)")
-    if len(value) > max_bytes:
-        return Rejection(record, TOO_LARGE, f"value is {len(value)} bytes, limit is {max_bytes}")
+    if len(record.value) > max_bytes:
+        return Rejection(record, TOO_LARGE, f"value is {len(record.value)} bytes, limit is {max_bytes}")
+    return None
+
+
+def _decode(record: InputRecord, input_format: str, text_field: str, max_bytes: int) -> Comment | Rejection:
+    rejection = unusable(record, max_bytes)
+    if rejection is not None:
+        return rejection
+    value = record.value
+    assert value is not None
     try:
         decoded = bytes(value).decode("utf-8")  # strict: also refuses UTF-8-encoded surrogates
     except UnicodeDecodeError as exc:
