@@ -16,6 +16,7 @@ says what each error means; :mod:`worker.backpressure` pauses reading while too 
 
 Everything consumed from a partition carries the partition's epoch; revoking, losing or
 rewinding the partition renews it, so nothing consumed before is published or committed after.
+
 A Schema Registry that cannot be reached concerns no record: the records from the first one that
 needed it are *held* (in order, none committed, reading paused) and offered again every
 ``REGISTRY_RETRY_S`` while the worker is not-ready (``worker_blocked{reason="registry_unreachable"}``).
