@@ -12,6 +12,7 @@ import pytest
 from harness.broker import LocalBroker, bootstrap_servers, broker_port
 from harness.models import build_tiny_model
 from harness.paths import NSMC_SAMPLE
+from harness.registry import LocalRegistry
 from harness.topics import fresh_topics
 
 
@@ -50,6 +51,17 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
     broker = LocalBroker(broker_port(0), tmp_path_factory.mktemp("kafka-data"))
     with bootstrap_servers(named, broker) as bootstrap:
         yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory):
+    """A real Schema Registry (Apicurio, Confluent API) started once for the session and stopped after it:
+    its LocalRegistry (``.url`` is the Confluent API). Its H2 database is a file, so a test may stop and
+    start it and find the same schemas under the same ids. Port $TEST_REGISTRY_PORT (default
+    $TEST_KAFKA_PORT + 30)."""
+    port = int(os.environ.get("TEST_REGISTRY_PORT") or broker_port(30))
+    with LocalRegistry(port, tmp_path_factory.mktemp("registry-data"), storage="file") as registry:
+        yield registry
 
 
 SECURE_USERS = {"admin": "admin-secret", "worker": "worker-secret", "reader": "reader-secret"}

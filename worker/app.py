@@ -16,6 +16,11 @@ says what each error means; :mod:`worker.backpressure` pauses reading while too 
 
 Everything consumed from a partition carries the partition's epoch; revoking, losing or
 rewinding the partition renews it, so nothing consumed before is published or committed after.
+
+A Schema Registry that cannot be reached concerns no record: the records from the first one that
+needed it are *held* (in order, none committed, reading paused) and offered again every
+``REGISTRY_RETRY_S`` while the worker is not-ready (``worker_blocked{reason="registry_unreachable"}``).
+
 Failures that concern one record end in the dead-letter topic; failures that concern everything
 (:class:`~worker.errors.FatalError`) make the worker not-ready, commit only what was delivered,
 and end it with exit code 4.
@@ -31,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 from worker.backpressure import Backpressure
 from worker.engines.base import Classifier, Encoding
-from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
+from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, ConfigError, FatalError
 from worker.health import Health
 from worker.kafka_io import (
     ClientEvents,
@@ -45,13 +50,14 @@ from worker.kafka_io import (
 from worker.metrics import WorkerMetrics
 from worker.pipeline.batch import Batcher
 from worker.pipeline.infer import CANARY_TEXT, InferenceThread, ModelBroken, WindowJob
-from worker.pipeline.intake import Entry, decode_and_tokenize
+from worker.pipeline.intake import Entry, take_in
 from worker.pipeline.publish import Published, make_publisher
 from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
 from worker.policy import AUTHENTICATION_CODES, DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
 from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
+from worker.wire.framing import RegistryUnreachable, SchemaPort
 from worker.wire.routing import check_labels
 from worker.wire.rules import rules_from
 from worker.wire.sizes import record_size
@@ -63,12 +69,26 @@ POLL_CHUNK = 1000
 IDLE_POLL_S = 0.1
 BUSY_WAIT_S = 0.005
 FATAL_STOP_S = 10.0
+REGISTRY_RETRY_S = 1.0  # how often held records are offered again while the registry cannot be reached
+REGISTRY_BLOCKED = "registry_unreachable"
 
 
 def default_clients(settings: Settings, events: ClientEvents, watchdog: Watchdog) -> KafkaPort:
     from worker.kafka_io.clients import KafkaClients
 
     return KafkaClients(settings, events, watchdog)
+
+
+def default_schemas(settings: Settings) -> SchemaPort:
+    try:
+        from worker.kafka_io.schema_registry import RegistrySchemas
+    except ImportError as exc:
+        raise ConfigError(
+            f"WORKER_INPUT_FORMAT={settings.input_format} / WORKER_OUTPUT_FORMAT={settings.output_format} need "
+            f"the Schema Registry client ({exc}): pip install 'koelectra-worker[schema-registry]'"
+        ) from None
+
+    return RegistrySchemas(settings)
 
 
 def overrun_handler(health: Health) -> Callable[[Overrun], None]:
@@ -96,6 +116,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         watchdog: Watchdog | None = None,
+        schemas: SchemaPort | None = None,
     ) -> None:
         check_labels(settings.routes, classifier.labels)
         self.settings = settings
@@ -110,6 +131,11 @@ class Worker:
             on_wait=self._raise_if_fatal, on_broker_answers=self._on_broker_answers, on_commit=self._on_commit,
         )
         self.port = clients_factory(settings, events, self.watchdog)
+        if schemas is None and settings.uses_schema_registry:
+            schemas = default_schemas(settings)
+        self.schemas = schemas
+        self._held: list[InputRecord] = []  # consumed, not yet decoded: the registry could not be reached
+        self._held_retry_at = 0.0
         self.tracker = OffsetTracker()
         self.epochs = PartitionEpochs()
         self.batcher: Batcher[Entry] = Batcher(
@@ -119,6 +145,7 @@ class Worker:
         self.renderer = Renderer(
             settings.output_topic, settings.dlq_topic, self.model_ref, rules_from(settings.routes), self.port.max_record_bytes,
             settings.max_message_bytes, settings.result_field_names,
+            encode=schemas.encode if schemas is not None and settings.output_format != "json" else None,
         )
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),
                                         clock, wall_clock, settings.transaction_timeout_s)
@@ -171,7 +198,10 @@ class Worker:
         self.health.set_phase("starting")
         canary: Encoding = self.classifier.encode([CANARY_TEXT])[0]
         self.inference = InferenceThread(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
-        self.port.start([route.topic for route in self.settings.routes])
+        destinations = [route.topic for route in self.settings.routes]
+        if self.settings.output_format != "json":
+            self._register_result_schemas([self.settings.output_topic, *destinations])
+        self.port.start(destinations)
         self._started = True
         self.inference.start()
         self.health.set_phase("serving")
@@ -182,6 +212,9 @@ class Worker:
         self._raise_if_fatal()
         inference = self.inference
         assert inference is not None, "start() first"
+        if self._held and self._clock() >= self._held_retry_at:
+            held, self._held = self._held, []
+            self._accept(held)
         if inference.busy:
             # The model is working: read what has arrived without waiting, and otherwise wait for
             # the model (not for Kafka), so a finished window is published the moment it is done.
@@ -198,7 +231,7 @@ class Worker:
         self._publish(inference.take())
         self._serve_publisher()
         in_flight = len(self.tracker)
-        self.backpressure.update(in_flight, self.tracker.bytes)
+        self.backpressure.update(in_flight, self.tracker.bytes, hold=bool(self._held))
         self.metrics.in_flight.set(in_flight)
 
     def drain(self, deadline: float) -> bool:
@@ -295,13 +328,49 @@ class Worker:
                 raise FatalError("model_broken", str(inference.error))
             raise FatalError("model_broken", f"the inference thread failed: {inference.error!r}")
 
+    def _register_result_schemas(self, topics: list[str]) -> None:
+        """Register the result schema for every destination; while the registry cannot be reached, wait."""
+        assert self.schemas is not None
+        while True:
+            self.health.beat()
+            try:
+                self.schemas.prepare(topics)
+            except RegistryUnreachable as exc:
+                self._registry_down(str(exc), "registering the result schema")
+                if self._stop.wait(REGISTRY_RETRY_S):
+                    raise FatalError(REGISTRY_BLOCKED, f"stopped while the Schema Registry could not be reached: {exc}")
+                continue
+            self._registry_up()
+            return
+
+    def _registry_down(self, why: str, doing: str) -> None:
+        self.health.block(REGISTRY_BLOCKED, why)
+        allowed, left_out = self._throttle.allow(REGISTRY_BLOCKED)
+        if allowed:
+            more = f" ({left_out} more like it)" if left_out else ""
+            log.warning("the Schema Registry cannot be reached (%s) while %s; waiting for it%s", why, doing, more,
+                        extra={"fields": {"held": len(self._held)}})
+
+    def _registry_up(self) -> None:
+        if REGISTRY_BLOCKED in self.health.blocked:
+            self.health.unblock(REGISTRY_BLOCKED)
+            log.info("the Schema Registry answers again")
+
     def _accept(self, records: list[InputRecord]) -> None:
+        if self._held:  # nothing overtakes a held record
+            self._held.extend(records)
+            return
         now = self._clock()
         self._access_ok()
         s = self.settings
-        entries = decode_and_tokenize(records, self.classifier, input_format=s.input_format, text_field=s.text_field,
-                                      max_bytes=s.max_message_bytes)
-        for entry in entries:
+        taken = take_in(records, self.classifier, input_format=s.input_format, text_field=s.text_field,
+                        max_bytes=s.max_message_bytes, schemas=self.schemas)
+        if taken.held:
+            self._held, self._held_retry_at = taken.held, now + REGISTRY_RETRY_S
+            self._registry_down(taken.why or "unknown", f"decoding {len(taken.held)} records")
+        elif self.schemas is not None:
+            self._registry_up()
+        for entry in taken.entries:
             record = entry.record
             partition = (record.topic, record.partition)
             epoch = self.epochs.of(partition)
@@ -404,6 +473,7 @@ class Worker:
         """Drop everything unfinished and read it again from each partition's first unfinished record."""
         positions = self.tracker.unfinished()
         self._replays += 1
+        self._drop_held(positions)  # read again from before them
         self.epochs.renew(positions)
         self.tracker.forget(positions)
         self.batcher.take()  # whatever it held is stale now
@@ -437,7 +507,12 @@ class Worker:
                     extra={"fields": {"partitions": partitions}})
         self._forget(partitions)
 
+    def _drop_held(self, partitions: Any) -> None:
+        dropped = set(partitions)
+        self._held = [r for r in self._held if (r.topic, r.partition) not in dropped]
+
     def _forget(self, partitions: list[Partition]) -> None:
+        self._drop_held(partitions)
         self.tracker.forget(partitions)
         self.epochs.release(partitions)
         self.health.partitions = len(self.epochs.owned())

@@ -25,16 +25,17 @@ class Backpressure:
         self.paused = False
         self.frozen = False
 
-    def update(self, in_flight: int, in_flight_bytes: int = 0) -> None:
+    def update(self, in_flight: int, in_flight_bytes: int = 0, hold: bool = False) -> None:
+        """``hold``: pause whatever is in flight (records are held until the Schema Registry answers)."""
         if self.frozen:
             return
         byte_limit = self._byte_limit
         over = in_flight >= self._limit or (byte_limit is not None and in_flight_bytes >= byte_limit)
         under = in_flight < self._limit // 2 and (byte_limit is None or in_flight_bytes < byte_limit // 2)
-        if not self.paused and over:
+        if not self.paused and (hold or over):
             self.paused = True
             self._port.pause(self._port.assignment())
-        elif self.paused and under:
+        elif self.paused and not hold and under:
             self.paused = False
             self._port.resume(self._port.assignment())
 

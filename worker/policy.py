@@ -83,8 +83,12 @@ REDO_KINDS = frozenset({ErrorKind.TIMED_OUT, ErrorKind.RETRIABLE, ErrorKind.PURG
 # Refusals of one record (and librdkafka's "other" errors): the record's dead letter takes its place.
 DEAD_LETTER_KINDS = frozenset({ErrorKind.RECORD, ErrorKind.OTHER})
 
-# The label values of the worker_blocked gauge and the /readyz reasons.
-FATAL_REASONS = ("access_denied", "destination_unwritable", "model_broken", "model_stuck", "stuck_call", "fenced", "kafka_fatal")
+# The label values of the worker_blocked gauge and the /readyz reasons (registry_unreachable: waiting, not fatal
+# unless the worker is stopped while waiting at start).
+FATAL_REASONS = (
+    "access_denied", "destination_unwritable", "model_broken", "model_stuck", "stuck_call", "fenced", "kafka_fatal",
+    "registry_unreachable",
+)
 # Access failures of the credentials (not of permissions): a broker answering proves they are over.
 AUTHENTICATION_CODES = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "ILLEGAL_SASL_STATE", "_SSL"})
 # A client that is fenced or otherwise dead cannot abort its transaction on the way out.

@@ -26,12 +26,15 @@ DEFAULT_MODEL = "daekeun-ml/koelectra-small-v3-nsmc"
 # hold dots, so ``WORKER_KAFKA_SASL_PASSWORD`` maps to ``sasl.password``. No
 # librdkafka property contains an underscore, so the mapping is unambiguous.
 _PASS_THROUGH_SCOPES = {
+    # Schema Registry client properties (confluent_kafka.schema_registry, also dotted) likewise;
+    # WORKER_SCHEMA_REGISTRY_URL is the field of its own, not a property.
+    "SCHEMA_REGISTRY_": "schema_registry",
     "KAFKA_CONSUMER_": "kafka_consumer",
     "KAFKA_PRODUCER_": "kafka_producer",
     "KAFKA_": "kafka",
 }
 
-_SECRET_KEY = re.compile(r"password|secret|\.key\b|key\.pem|token|credentials", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"password|secret|\.key\b|key\.pem|token|credentials|user\.info", re.IGNORECASE)
 
 
 def is_secret_key(name: str) -> bool:
@@ -64,6 +67,8 @@ class _KafkaPassThroughSource(PydanticBaseSettingsSource):
             for prefix, field in _PASS_THROUGH_SCOPES.items():
                 if rest.startswith(prefix) and len(rest) > len(prefix):
                     prop = rest[len(prefix):].lower().replace("_", ".")
+                    if field == "schema_registry" and prop == "url":
+                        break
                     scopes.setdefault(field, {})[prop] = value
                     break
         return scopes
@@ -111,8 +116,22 @@ class Settings(BaseSettings):
     )
 
     # --- Input ---
-    input_format: Literal["text", "json"] = Field("text", description="Input record value: raw UTF-8 text, or a JSON object.")
-    text_field: str = Field("text", min_length=1, description="Dotted path to the text inside a JSON input (e.g. comment.body).")
+    input_format: Literal["text", "json", "avro", "protobuf", "json_schema"] = Field(
+        "text",
+        description="Input record value: raw UTF-8 text, a JSON object, or a Schema Registry record (avro, protobuf, json_schema: Confluent wire format, decoded with the schema it names in WORKER_SCHEMA_REGISTRY_URL).",
+    )
+    text_field: str = Field("text", min_length=1, description="Dotted path to the text inside a JSON or Schema Registry input (e.g. comment.body).")
+    output_format: Literal["json", "avro", "protobuf", "json_schema"] = Field(
+        "json",
+        description="Result record value: strict JSON, or avro, protobuf, json_schema with the worker's result schema registered under each destination topic's subject (<topic>-value). Dead letters keep the original bytes.",
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Schema Registry (Confluent API) URL, for the avro, protobuf and json_schema formats; e.g. http://registry:8080/apis/ccompat/v7."
+    )
+    schema_registry: dict[str, str | SecretStr] = Field(
+        default_factory=dict,
+        description="Any Schema Registry client property, dots as underscores: WORKER_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO sets basic.auth.user.info (user:password).",
+    )
     max_message_bytes: int = Field(
         960_000,
         ge=10_000,
@@ -226,12 +245,29 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
         return value
 
-    @field_validator("kafka", "kafka_consumer", "kafka_producer", mode="after")
+    @field_validator("kafka", "kafka_consumer", "kafka_producer", "schema_registry", mode="after")
     @classmethod
     def _mask_secrets(cls, value: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
         return {
             key: SecretStr(v) if isinstance(v, str) and is_secret_key(key) else v for key, v in value.items()
         }
+
+    @property
+    def uses_schema_registry(self) -> bool:
+        return self.input_format in ("avro", "protobuf", "json_schema") or self.output_format != "json"
+
+    def schema_registry_properties(self) -> dict[str, str]:
+        """The pass-through Schema Registry client properties, secrets revealed."""
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in self.schema_registry.items()}
+
+    @model_validator(mode="after")
+    def _check_schema_registry(self) -> Settings:
+        if self.uses_schema_registry and not self.schema_registry_url:
+            raise ValueError(
+                f"WORKER_SCHEMA_REGISTRY_URL is needed for WORKER_INPUT_FORMAT={self.input_format} "
+                f"and WORKER_OUTPUT_FORMAT={self.output_format}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_topics(self) -> Settings:
@@ -277,8 +313,10 @@ class Settings(BaseSettings):
     def masked_dump(self) -> dict[str, Any]:
         """Effective settings for logs, with every secret replaced by ``**********``."""
         dump = self.model_dump()
-        for scope in ("kafka", "kafka_consumer", "kafka_producer"):
+        for scope in ("kafka", "kafka_consumer", "kafka_producer", "schema_registry"):
             dump[scope] = {k: "**********" if is_secret_key(k) else str(v) for k, v in dump[scope].items()}
+        if dump.get("schema_registry_url"):  # a URL may carry user:password@
+            dump["schema_registry_url"] = re.sub(r"//[^/@]*@", "//**********@", dump["schema_registry_url"])
         return dump
 
 
@@ -286,7 +324,7 @@ def _variable_name(loc: tuple[Any, ...]) -> str:
     if not loc:
         return "settings"
     name = f"{ENV_PREFIX}{str(loc[0]).upper()}"
-    if len(loc) > 1 and str(loc[0]).startswith("kafka"):
+    if len(loc) > 1 and (str(loc[0]).startswith("kafka") or loc[0] == "schema_registry"):
         name += "_" + str(loc[1]).upper().replace(".", "_")
     elif len(loc) > 1:  # inside a JSON value, e.g. WORKER_ROUTES[1].min_score
         name += "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
@@ -322,7 +360,7 @@ def reference_table() -> str:
         else:
             shown = f"`{default}`"
         variable = f"`{ENV_PREFIX}{name.upper()}`"
-        if name.startswith("kafka"):
+        if name.startswith("kafka") or name == "schema_registry":
             variable = f"`{ENV_PREFIX}{name.upper()}_<PROPERTY>`"
         lines.append(f"| {variable} | {shown} | {field.description or ''} |")
     return "\n".join(lines)

@@ -38,6 +38,7 @@ ALLOWED_CHANGES = {
     "prometheus": {"network_mode", "extra_hosts", "command", "volumes"},
     "grafana": {"profiles"},
     "producer": {"network_mode", "extra_hosts", "environment.BOOTSTRAP_SERVERS"},
+    "schema-registry": {"network_mode", "extra_hosts", "environment.QUARKUS_HTTP_PORT"},
 }
 
 
@@ -73,7 +74,7 @@ def test_local_variant_changes_only_what_it_says() -> None:
         assert changed <= ALLOWED_CHANGES[name], f"{name}: unexpected changes {sorted(changed - ALLOWED_CHANGES[name])}"
         if name != "grafana":
             assert service["network_mode"] == "host", f"{name} must use the host's network (no bridge here)"
-            assert service.get("image") in (*LOCAL_IMAGES.values(), None) or name == "grafana"
+            assert service.get("image") in (*LOCAL_IMAGES.values(), None) or name in ("grafana", "schema-registry")
     assert local["worker"]["image"] == LOCAL_IMAGES["WORKER_IMAGE"]
     assert local["kafka"]["image"] == local["kafka-init"]["image"] == local["producer"]["image"] == LOCAL_IMAGES["KAFKA_IMAGE"]
     assert local["prometheus"]["image"] == LOCAL_IMAGES["PROMETHEUS_IMAGE"]

@@ -5,6 +5,12 @@ texts in one call, falling back to text-by-text tokenizing when that call raises
 culprits. It keeps the promise "fail the record, never the worker": it never raises for anything
 one record does, and every record yields exactly one entry, in order.
 
+With a Schema Registry format (``avro``, ``protobuf``, ``json_schema``) each value is unframed
+(:mod:`worker.wire.framing`) and decoded through the :class:`~worker.wire.framing.SchemaPort`. A
+registry that cannot be reached is no record's fault: :func:`take_in` stops at the first record
+it could not decode for that reason and hands it and every later record back as ``held``, in
+order, for the loop to offer again once the registry answers.
+
 An :class:`Entry` is the shape a record keeps through the rest of the pipeline: the loop stamps it
 with its partition's epoch, :mod:`.infer` adds its prediction (or turns it into a Rejection), and
 :mod:`.render` turns it into what is produced.
@@ -14,11 +20,31 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from worker.engines.base import Classifier, Encoding
-from worker.wire.decoding import decode, describe
-from worker.wire.types import TOKENIZE_ERROR, Comment, InputRecord, Prediction, Rejection
+from worker.wire.decoding import comment_of, decode, describe, unusable
+from worker.wire.framing import (
+    SCHEMA_FORMATS,
+    NotFramed,
+    RegistryUnreachable,
+    SchemaPort,
+    UndecodableBody,
+    UnknownSchema,
+    document_json,
+    parse_frame,
+)
+from worker.wire.types import (
+    NO_SCHEMA_HEADER,
+    NOT_AN_OBJECT,
+    TOKENIZE_ERROR,
+    UNDECODABLE_BODY,
+    UNKNOWN_SCHEMA,
+    Comment,
+    InputRecord,
+    Prediction,
+    Rejection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +100,79 @@ def tokenize(classifier: Classifier, comments: Sequence[Comment]) -> list[Entry]
     return [_encode_one(classifier, c) for c in comments]
 
 
+def decode_framed(
+    record: InputRecord, schemas: SchemaPort, schema_format: Any, text_field: str, max_bytes: int
+) -> Comment | Rejection:
+    """One Schema Registry record: a Comment or a Rejection; raises only RegistryUnreachable."""
+    rejection = unusable(record, max_bytes)
+    if rejection is not None:
+        return rejection
+    assert record.value is not None
+    try:
+        framed = parse_frame(record.value, schema_format)
+    except NotFramed as exc:
+        return Rejection(record, NO_SCHEMA_HEADER, str(exc))
+    try:
+        document = schemas.decode(schema_format, framed)
+    except RegistryUnreachable:
+        raise
+    except UnknownSchema as exc:
+        return Rejection(record, UNKNOWN_SCHEMA, f"schema id {framed.schema_id}: {exc}")
+    except UndecodableBody as exc:
+        return Rejection(record, UNDECODABLE_BODY, f"schema id {framed.schema_id}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one record must never stop the worker
+        return Rejection(record, UNDECODABLE_BODY, f"schema id {framed.schema_id}: {describe(exc)}")
+    if not isinstance(document, dict):
+        return Rejection(record, NOT_AN_OBJECT, f"decoded value is a {type(document).__name__}, not a record")
+    return comment_of(record, document, text_field, document_json(document))
+
+
+@dataclass
+class Intake:
+    """What :func:`take_in` made of a poll: entries in order, and the records it could not decode yet."""
+
+    entries: list[Entry]
+    held: list[InputRecord]  # from the first record the registry was needed for and could not answer
+    why: str | None = None  # why they are held
+
+
+def take_in(
+    records: Sequence[InputRecord],
+    classifier: Classifier,
+    *,
+    input_format: str,
+    text_field: str,
+    max_bytes: int,
+    schemas: SchemaPort | None = None,
+) -> Intake:
+    """One poll's records: one :class:`Entry` per record, in order, up to the first held one. Never raises."""
+    items: list[Comment | Rejection] = []
+    held: list[InputRecord] = []
+    why = None
+    if input_format in SCHEMA_FORMATS:
+        if schemas is None:
+            raise ValueError(f"input format {input_format} needs a schema port")
+        for index, record in enumerate(records):
+            try:
+                items.append(decode_framed(record, schemas, input_format, text_field, max_bytes))
+            except RegistryUnreachable as exc:
+                held, why = list(records[index:]), describe(exc)
+                break
+    else:
+        items = [decode(r, input_format, text_field, max_bytes) for r in records]  # type: ignore[arg-type]
+    comments = [i for i in items if isinstance(i, Comment)]
+    tokenized = iter(tokenize(classifier, comments))
+    entries = [next(tokenized) if isinstance(item, Comment) else Entry(item) for item in items]
+    return Intake(entries, held, why)
+
+
 def decode_and_tokenize(
     records: Sequence[InputRecord],
     classifier: Classifier,
     *,
-    input_format: Literal["text", "json"],
+    input_format: str,
     text_field: str,
     max_bytes: int,
 ) -> list[Entry]:
-    """One poll's records: one :class:`Entry` per record, in order. Never raises."""
-    items = [decode(r, input_format, text_field, max_bytes) for r in records]
-    comments = [i for i in items if isinstance(i, Comment)]
-    tokenized = iter(tokenize(classifier, comments))
-    return [next(tokenized) if isinstance(item, Comment) else Entry(item) for item in items]
+    """Text or JSON records: one :class:`Entry` per record, in order (schema formats: :func:`take_in`)."""
+    return take_in(records, classifier, input_format=input_format, text_field=text_field, max_bytes=max_bytes).entries

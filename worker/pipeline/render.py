@@ -21,14 +21,16 @@ from typing import Any, Callable, Sequence
 from worker.pipeline.intake import Entry
 from worker.wire.dead_letters import minimal_dead_letter, render_dead_letter
 from worker.wire.decoding import describe
+from worker.wire.result_schemas import result_document
 from worker.wire.results import RESULT_FIELDS, render_result
 from worker.wire.routing import ROUTE_HEADER
 from worker.wire.rules import Rules
-from worker.wire.sizes import header_size
+from worker.wire.sizes import header_size, record_size
 from worker.wire.types import (
     ENCODE_ERROR,
     INFERENCE_ERROR,
     PRODUCE_ERROR,
+    TOO_LARGE,
     Comment,
     Headers,
     InputRecord,
@@ -121,6 +123,10 @@ class Renderer:
     ``max_record_bytes(topic)`` is what the producer and that topic accept (read from the cluster
     at start); the size limit is the smallest of those and ``max_message_bytes``, less room for the
     routing header on copies.
+
+    ``encode`` (WORKER_OUTPUT_FORMAT avro, protobuf, json_schema: the SchemaPort's) turns a result
+    into the value for one destination topic, framed with that topic's schema id; a result it
+    cannot encode, or that no longer fits once encoded, becomes the record's dead letter.
     """
 
     output_topic: str
@@ -130,6 +136,7 @@ class Renderer:
     max_record_bytes: Callable[[str], int] = field(default=lambda topic: 1_000_000)
     max_message_bytes: int = 1_000_000
     fields: Sequence[str] = RESULT_FIELDS
+    encode: Callable[[str, dict[str, Any]], bytes] | None = None
     _limit: int | None = None
 
     @property
@@ -153,12 +160,33 @@ class Renderer:
         else:
             assert out.prediction is not None
             label = out.prediction.label
-            messages = [Message(self.output_topic, out.key, out.value, out.headers, RESULT, label=label)]
-            for route in self.rules.matching(out.prediction):
+            routes = self.rules.matching(out.prediction)
+            values = self._encoded(out, [self.output_topic, *(r.topic for r in routes)])
+            if isinstance(values, Rejection):
+                return Delivery(entry.record, entry.epoch, [self.dead_letter(entry.record, values.reason, values.detail,
+                                                                             now_ms)], arrived_at=entry.arrived_at)
+            messages = [Message(self.output_topic, out.key, values[self.output_topic], out.headers, RESULT, label=label)]
+            for route in routes:
                 routed_headers = [*out.headers, (ROUTE_HEADER, route.name.encode())]
-                messages.append(Message(route.topic, out.key, out.value, routed_headers, ROUTED, label=label,
+                messages.append(Message(route.topic, out.key, values[route.topic], routed_headers, ROUTED, label=label,
                                         route=route.name))
         return Delivery(entry.record, entry.epoch, messages, arrived_at=entry.arrived_at)
+
+    def _encoded(self, out: Rendered, topics: list[str]) -> dict[str, bytes | None] | Rejection:
+        """The result's value for each topic: the JSON itself, or encoded with each topic's result schema."""
+        if self.encode is None:
+            return {topic: out.value for topic in topics}
+        values: dict[str, bytes | None] = {}
+        try:
+            document = result_document(out.value or b"{}")
+            for topic in topics:
+                values[topic] = self.encode(topic, document)
+        except Exception as exc:  # noqa: BLE001 - this one result cannot be written: dead-letter it
+            return Rejection(out.source, ENCODE_ERROR, f"result could not be encoded: {describe(exc)}")
+        size = record_size(out.key, values[self.output_topic], out.headers)
+        if size > self.limit - self.route_reserve:
+            return Rejection(out.source, TOO_LARGE, f"encoded result is {size} bytes, limit is {self.limit}")
+        return values
 
     def replacement(self, delivery: Delivery, index: int, detail: str, now_ms: float) -> Message | None:
         """The dead letter that takes the place of ``delivery``'s message ``index``, refused for good.

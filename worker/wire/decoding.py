@@ -121,14 +121,23 @@ def decode(
         return Rejection(record, DECODE_ERROR, f"could not decode: {describe(exc)}")
 
 
-def _decode(record: InputRecord, input_format: str, text_field: str, max_bytes: int) -> Comment | Rejection:
+def unusable(record: InputRecord, max_bytes: int) -> Rejection | None:
+    """Why a record cannot be decoded whatever its format (unreadable, tombstone, too large), or None."""
     if record.unreadable is not None:
         return Rejection(record, DECODE_ERROR, record.unreadable)
-    value = record.value
-    if value is None:
+    if record.value is None:
         return Rejection(record, TOMBSTONE, "record value is null (tombstone)")
-    if len(value) > max_bytes:
-        return Rejection(record, TOO_LARGE, f"value is {len(value)} bytes, limit is {max_bytes}")
+    if len(record.value) > max_bytes:
+        return Rejection(record, TOO_LARGE, f"value is {len(record.value)} bytes, limit is {max_bytes}")
+    return None
+
+
+def _decode(record: InputRecord, input_format: str, text_field: str, max_bytes: int) -> Comment | Rejection:
+    rejection = unusable(record, max_bytes)
+    if rejection is not None:
+        return rejection
+    value = record.value
+    assert value is not None
     try:
         decoded = bytes(value).decode("utf-8")  # strict: also refuses UTF-8-encoded surrogates
     except UnicodeDecodeError as exc:
@@ -151,13 +160,22 @@ def _decode(record: InputRecord, input_format: str, text_field: str, max_bytes: 
                 )
         if not isinstance(document, dict):
             return Rejection(record, NOT_AN_OBJECT, f"JSON value is a {type(document).__name__}, not an object")
-        text = _lookup(document, text_field)
-        if text is None:
-            return Rejection(record, MISSING_TEXT, f"JSON object has no field {text_field!r}")
-        if not isinstance(text, str):
-            return Rejection(record, MISSING_TEXT, f"field {text_field!r} is a {type(text).__name__}, not a string")
         # JSON whitespace around the document is legal but useless inside the result.
-        raw_json = bytes(value).strip(b" \t\r\n")
+        return comment_of(record, document, text_field, bytes(value).strip(b" \t\r\n"), "JSON object")
+    if not text.strip():
+        return Rejection(record, EMPTY_TEXT, "text is empty or whitespace only")
+    return Comment(record, text, raw_json)
+
+
+def comment_of(
+    record: InputRecord, document: dict[str, Any], text_field: str, raw_json: bytes | None, what: str = "record"
+) -> Comment | Rejection:
+    """The Comment of a decoded record (JSON, or a Schema Registry format): its text at ``text_field``."""
+    text = _lookup(document, text_field)
+    if text is None:
+        return Rejection(record, MISSING_TEXT, f"{what} has no field {text_field!r}")
+    if not isinstance(text, str):
+        return Rejection(record, MISSING_TEXT, f"field {text_field!r} is a {type(text).__name__}, not a string")
     if not text.strip():
         return Rejection(record, EMPTY_TEXT, "text is empty or whitespace only")
     return Comment(record, text, raw_json)

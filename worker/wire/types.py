@@ -28,9 +28,15 @@ TOKENIZE_ERROR = "tokenize_error"
 INFERENCE_ERROR = "inference_error"
 ENCODE_ERROR = "encode_error"
 PRODUCE_ERROR = "produce_error"
+# Schema Registry input (avro, protobuf, json_schema): no wire-format header, a schema id the
+# registry does not know, a body that does not decode with its schema.
+NO_SCHEMA_HEADER = "no_schema_header"
+UNKNOWN_SCHEMA = "unknown_schema"
+UNDECODABLE_BODY = "undecodable_body"
 DEAD_LETTER_REASONS = (
     INVALID_UTF8, INVALID_JSON, NON_STRICT_JSON, NOT_AN_OBJECT, MISSING_TEXT, EMPTY_TEXT, TOO_LARGE, TOMBSTONE,
-    DECODE_ERROR, TOKENIZE_ERROR, INFERENCE_ERROR, ENCODE_ERROR, PRODUCE_ERROR,
+    DECODE_ERROR, TOKENIZE_ERROR, INFERENCE_ERROR, ENCODE_ERROR, PRODUCE_ERROR, NO_SCHEMA_HEADER, UNKNOWN_SCHEMA,
+    UNDECODABLE_BODY,
 )
 
 
@@ -56,7 +62,8 @@ class Comment:
 
     ``raw_json`` is the value's bytes with ``WORKER_INPUT_FORMAT=json`` (strict JSON in UTF-8, checked
     by :func:`worker.wire.decoding.decode`, surrounding whitespace removed): the result echoes them
-    verbatim as ``input``. With text input it is None and ``input`` is the text itself.
+    verbatim as ``input``. With a Schema Registry format it is the decoded record written as JSON.
+    With text input it is None and ``input`` is the text itself.
     """
 
     record: InputRecord
