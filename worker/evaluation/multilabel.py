@@ -222,11 +222,10 @@ def format_multi_label_report(report: dict[str, Any]) -> str:
         f"texts {report['texts']:,} ({report['clean_texts']:,} clean: no category)   "
         f"{report['texts_per_second']} texts/s",
         f"at the configured thresholds: micro precision {percent(micro['precision'])} recall "
-        f"{percent(micro['recall'])} F1 {_number(micro['f1'])}; macro ({macro['categories']} categories with texts) "
-        f"precision {percent(macro['precision'])} recall {percent(macro['recall'])} F1 {_number(macro['f1'])}, "
-        f"mean ECE {_number(macro['ece'])}",
-        f"exact match {percent(summary['exact_match'])}; flagged in any category "
-        f"{percent(summary['any_flagged_share'])}",
+        f"{percent(micro['recall'])} F1 {_number(micro['f1'])}; exact match {percent(summary['exact_match'])}; "
+        f"flagged in any category {percent(summary['any_flagged_share'])}",
+        f"macro ({macro['categories']} categories with texts): precision {percent(macro['precision'])} recall "
+        f"{percent(macro['recall'])} F1 {_number(macro['f1'])}; mean ECE {_number(macro['ece'])}",
         "",
         f"category | support | threshold | precision | recall | F1 | flagged | ECE | precision >= {target} from",
         "-------- | ------- | --------- | --------- | ------ | -- | ------- | --- | ---------------------",
@@ -243,12 +242,12 @@ def format_multi_label_report(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"{name}: flagged = P({name}) >= threshold",
-            "threshold | precision | recall |    F1 | flagged",
-            "--------- | --------- | ------ | ----- | -------",
+            "threshold | precision |  recall |    F1 | flagged",
+            "--------- | --------- | ------- | ----- | -------",
         ]
         for row in category["thresholds"]:
             lines.append(
-                f"{row['threshold']:>9.2f} | {percent(row['precision']):>9} | {percent(row['recall']):>6} | "
+                f"{row['threshold']:>9.2f} | {percent(row['precision']):>9} | {percent(row['recall']):>7} | "
                 f"{_number(row['f1']):>5} | {percent(row['flagged_share']):>7}"
             )
     return "\n".join(lines)
