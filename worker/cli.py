@@ -267,16 +267,6 @@ def _category_thresholds(value: str) -> dict[str, float]:
     return thresholds
 
 
-def _target_precision(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < number <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1]: {value!r}")
-    return number
-
-
 def _thresholds(value: str) -> tuple[float, ...]:
     try:
         thresholds = tuple(sorted(float(part) for part in value.split(",") if part.strip()))
@@ -287,14 +277,24 @@ def _thresholds(value: str) -> tuple[float, ...]:
     return thresholds
 
 
-def _probability(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0.5 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0.5, 1] (a binary model's winning score): {value!r}")
-    return number
+def _number_between(low: float, high: float, low_included: bool = True, why: str = "") -> Callable[[str], float]:
+    """An argparse type: a number in [low, high], or (low, high] when ``low_included`` is False."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not (low <= number if low_included else low < number) or number > high:
+            bounds = f"{'[' if low_included else '('}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must lie in {bounds}{why}: {value!r}")
+        return number
+
+    return parse
+
+
+_probability = _number_between(0.5, 1, why=" (a binary model's winning score)")
+_target_precision = _number_between(0, 1, low_included=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

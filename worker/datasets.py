@@ -53,17 +53,26 @@ class LabelledText:
 
 
 def is_multi_label_file(path: Path) -> bool:
-    """JSONL (``.jsonl``) or a TSV whose header is ``id document labels``; an NSMC TSV (``label``) is not."""
-    if path.suffix.lower() == ".jsonl":
-        return True
+    """JSONL or a TSV whose header is ``id document labels``; an NSMC TSV (``label``) is not."""
+    return _is_jsonl(path) or _first_line(path).split("\t")[:3] == MULTI_LABEL_HEADER
+
+
+def _is_jsonl(path: Path) -> bool:
+    """A ``.jsonl`` file, or one whose first line is a JSON object (a TSV's is its header)."""
+    return path.suffix.lower() == ".jsonl" or _first_line(path).lstrip().startswith("{")
+
+
+def _first_line(path: Path) -> str:
     with _open(path) as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-    return header[:3] == MULTI_LABEL_HEADER
+        try:
+            return handle.readline().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise DatasetError(f"{path}: not UTF-8 text") from None
 
 
 def read_multi_label(path: Path, limit: int | None = None) -> list[LabelledText]:
     """Multi-label texts from JSONL or TSV (docs/moderation.md, "Multi-label models"); empty texts are skipped."""
-    reader = _read_jsonl if path.suffix.lower() == ".jsonl" else _read_multi_label_tsv
+    reader = _read_jsonl if _is_jsonl(path) else _read_multi_label_tsv
     rows: list[LabelledText] = []
     try:
         for row in reader(path):
@@ -72,7 +81,7 @@ def read_multi_label(path: Path, limit: int | None = None) -> list[LabelledText]
             if limit is not None and len(rows) >= limit:
                 break
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start} of a read block)") from None
+        raise DatasetError(f"{path}: not UTF-8 text") from None
     return rows
 
 

@@ -174,6 +174,9 @@ def test_jsonl_and_tsv_read_the_same_rows(tmp_path):
     ]
     assert [r.line for r in rows_jsonl] == [1, 3, 5] and [r.line for r in rows_tsv] == [2, 3, 5]
     assert is_multi_label_file(jsonl) and is_multi_label_file(tsv)
+    unnamed = tmp_path / "data.txt"  # JSON lines under another name: told apart by the first line
+    unnamed.write_text(jsonl.read_text(encoding="utf-8"), encoding="utf-8")
+    assert is_multi_label_file(unnamed) and read_multi_label(unnamed) == rows_jsonl
     nsmc = tmp_path / "nsmc.tsv"
     nsmc.write_text("id\tdocument\tlabel\n1\t좋다\t1\n", encoding="utf-8")
     assert not is_multi_label_file(nsmc)
@@ -192,6 +195,7 @@ def test_jsonl_and_tsv_read_the_same_rows(tmp_path):
         ("a.tsv", "id\tdocument\tlabels\n1\ta\tspam\n2\tb\n", "a.tsv:3: expected 3 tab-separated columns"),
         ("a.tsv", "id\tdocument\tlabels\n1\ta\tspam,,insult\n", "a.tsv:2: empty category name"),
         ("a.jsonl", b'{"text": "\xff", "labels": []}\n', "a.jsonl: not UTF-8"),
+        ("a.tsv", b"id\tdocument\tlabels\n1\t\xff\tspam\n", "a.tsv: not UTF-8"),
     ],
 )
 def test_bad_rows_are_one_line_naming_file_and_line(tmp_path, name, content, message):
