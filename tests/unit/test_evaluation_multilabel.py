@@ -234,3 +234,21 @@ def test_charts_per_category(tmp_path):
     for path in paths:
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, path
+
+
+def test_a_model_giving_fewer_probabilities_than_categories_is_an_error_not_a_wrong_report():
+    from worker.engines.base import Encoding
+    from worker.errors import WorkerError
+    from worker.evaluation.multilabel import score_multi_label
+
+    class Short:
+        labels = ["insult", "spam"]
+
+        def encode(self, texts):
+            return [Encoding([2, 5, 3], False) for _ in texts]
+
+        def predict(self, batch):
+            return [[0.5] for _ in batch]
+
+    with pytest.raises(WorkerError, match="the model gave 1 probabilities for its 2 categories"):
+        score_multi_label(Short(), [LabelledText(1, "a", frozenset())])

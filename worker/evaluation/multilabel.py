@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from worker.datasets import DatasetError, LabelledText
 from worker.engines.base import Classifier, classify_encoded
+from worker.errors import WorkerError
 from worker.evaluation.common import binned_calibration, lowest_threshold_for, percent, share
 
 # The table printed per category: 0.05 steps. The threshold reaching the target precision is searched on a
@@ -98,7 +99,13 @@ def score_multi_label(
             outcome = classify_encoded(classifier, classifier.encode([row.text for row in chunk]), sub_batch_max_tokens)
             real += outcome.real_tokens
             padded += outcome.padded_tokens
-            probabilities.extend([float(p) for p in probs] for probs in outcome.probabilities)
+            for probs in outcome.probabilities:
+                if len(probs) != len(categories):
+                    raise WorkerError(
+                        f"the model gave {len(probs)} probabilities for its {len(categories)} categories "
+                        f"({', '.join(categories)})"
+                    )
+                probabilities.append([float(p) for p in probs])
             progress.update(len(chunk))
     return MultiLabelScored(
         categories, [row.categories for row in rows], probabilities, time.perf_counter() - started, real, padded
