@@ -21,6 +21,7 @@ from tqdm import tqdm
 from worker.datasets import DatasetError, LabelledText
 from worker.engines.base import Classifier, classify_encoded
 from worker.errors import WorkerError
+from worker.wire.rules import DEFAULT_THRESHOLD
 from worker.evaluation.common import binned_calibration, lowest_threshold_for, percent, share
 
 # The table printed per category: 0.05 steps. The threshold reaching the target precision is searched on a
@@ -152,14 +153,15 @@ def summarize_multi_label(
     grid: Sequence[float] = DEFAULT_GRID,
     target_precision: float = DEFAULT_TARGET_PRECISION,
 ) -> dict[str, Any]:
-    """The multi-label eval report: per category a threshold table, the configured threshold's row, the lowest
+    """The multi-label eval report: per category a threshold table, the configured threshold's row (a category
+    missing from ``thresholds`` is at the worker's default, as in :class:`worker.wire.rules.Rules`), the lowest
     threshold reaching ``target_precision`` and the ECE; a micro/macro summary at the configured thresholds."""
     total = len(scored.truths)
     categories: dict[str, Any] = {}
     flagged_sets: list[set[str]] = [set() for _ in scored.truths]
     for name in scored.categories:
         scores, truths = scored.scores(name), scored.truth(name)
-        threshold = thresholds.get(name, 0.5)
+        threshold = thresholds.get(name, DEFAULT_THRESHOLD)
         (at_threshold,) = category_table(scores, truths, (threshold,))
         for flagged, score in zip(flagged_sets, scores):
             if score >= threshold:
