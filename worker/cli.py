@@ -1,4 +1,4 @@
-"""Command line: ``worker run``, ``worker classify TEXT...``, ``worker eval TSV``."""
+"""Command line: ``worker run``, ``worker classify TEXT...``, ``worker eval FILE``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from worker.engines.base import Classifier
 from worker.engines.loading import load_classifier
 from worker.errors import WorkerError
 from worker.evaluation import DEFAULT_REVIEW_BELOW, DEFAULT_THRESHOLDS
@@ -152,18 +153,78 @@ def cmd_classify(settings: Settings, texts: Sequence[str], as_json: bool) -> int
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.datasets import read_nsmc
-    from worker.evaluation import format_report, score_rows, summarize
+    from worker.datasets import is_multi_label_file
 
     if args.plots:
         from worker.plots import pyplot
 
         pyplot()  # a missing matplotlib fails here, not after the long run
+    if is_multi_label_file(args.tsv):
+        return _eval_multi_label(settings, args)
+    from worker.datasets import read_nsmc
+    from worker.evaluation import format_report, score_rows, summarize
+
     rows = read_nsmc(args.tsv, args.limit)
     classifier = load_classifier(settings)
+    if getattr(classifier, "multi_label", False) or len(classifier.labels) != 2:
+        raise WorkerError(
+            f"{args.tsv} is binary NSMC data (id, document, label) but the model has the categories "
+            f"{', '.join(classifier.labels)}; give multi-label data (JSONL, or TSV id, document, labels: "
+            "docs/moderation.md)"
+        )
     classifier.warm_up()
     scored = score_rows(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
-    report = summarize(scored, args.thresholds, args.review_below)
+    report = summarize(scored, args.thresholds or DEFAULT_THRESHOLDS, args.review_below)
+    _finish_eval(classifier, report, args, format_report)
+    if args.plots:
+        from worker.plots import write_eval_plots
+
+        for path in write_eval_plots(scored, report, args.plots, classifier.info.get("model", "")):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _eval_multi_label(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.datasets import read_multi_label
+    from worker.evaluation.multilabel import (
+        DEFAULT_GRID,
+        check_categories,
+        format_multi_label_report,
+        score_multi_label,
+        summarize_multi_label,
+    )
+
+    rows = read_multi_label(args.tsv, args.limit)
+    classifier = load_classifier(settings)
+    check_categories(rows, classifier.labels, args.tsv)
+    thresholds = _label_thresholds_in_force(settings, args.label_thresholds, classifier.labels)
+    multi_label = bool(getattr(classifier, "multi_label", False))
+    if not multi_label:
+        print(
+            "worker eval: note: the model is single-label (softmax): its categories compete for one winner, "
+            "so each category's probability is read as is",
+            file=sys.stderr,
+        )
+    classifier.warm_up()
+    scored = score_multi_label(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
+    report = summarize_multi_label(scored, thresholds, args.thresholds or DEFAULT_GRID, args.target_precision)
+    report["model_multi_label"] = multi_label
+    _finish_eval(classifier, report, args, format_multi_label_report)
+    if args.plots:
+        from worker.plots import write_multi_label_plots
+
+        for path in write_multi_label_plots(scored, report, args.plots, classifier.info.get("model", "")):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _finish_eval(
+    classifier: Classifier,
+    report: dict[str, Any],
+    args: argparse.Namespace,
+    format_report: Callable[[dict[str, Any]], str],
+) -> None:
+    """The model's description in the report; print it (tables or --json) and write --output."""
     report["model"] = classifier.info
     selection = getattr(classifier, "selection", None)
     if selection is not None:
@@ -173,12 +234,37 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n", encoding="utf-8")
-    if args.plots:
-        from worker.plots import write_eval_plots
 
-        for path in write_eval_plots(scored, report, args.plots, classifier.info.get("model", "")):
-            print(f"wrote {path}", file=sys.stderr)
-    return 0
+
+def _label_thresholds_in_force(
+    settings: Settings, override: dict[str, float] | None, categories: Sequence[str]
+) -> dict[str, float]:
+    """Each category's configured threshold: --label-thresholds, else WORKER_LABEL_THRESHOLDS where the settings
+    have it (a mapping category -> threshold), else 0.5."""
+    unknown = sorted(set(override or {}) - set(categories))
+    if unknown:
+        raise WorkerError(
+            f"--label-thresholds: unknown category {unknown[0]!r}; the model's categories are {', '.join(categories)}"
+        )
+    configured = getattr(settings, "label_thresholds", None) or {}
+    thresholds = {name: float(configured[name]) for name in categories if name in configured}
+    thresholds.update(override or {})
+    return thresholds
+
+
+def _category_thresholds(value: str) -> dict[str, float]:
+    """``insult=0.7,spam=0.6``: a threshold per category."""
+    thresholds: dict[str, float] = {}
+    for part in value.split(","):
+        name, equals, number = part.partition("=")
+        try:
+            threshold = float(number)
+        except ValueError:
+            threshold = -1.0
+        if not equals or not name.strip() or not 0 <= threshold <= 1:
+            raise argparse.ArgumentTypeError(f"expected category=threshold[,...] with thresholds in [0, 1]: {part!r}")
+        thresholds[name.strip()] = threshold
+    return thresholds
 
 
 def _thresholds(value: str) -> tuple[float, ...]:
@@ -191,14 +277,24 @@ def _thresholds(value: str) -> tuple[float, ...]:
     return thresholds
 
 
-def _probability(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0.5 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0.5, 1] (a binary model's winning score): {value!r}")
-    return number
+def _number_between(low: float, high: float, low_included: bool = True, why: str = "") -> Callable[[str], float]:
+    """An argparse type: a number in [low, high], or (low, high] when ``low_included`` is False."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not (low <= number if low_included else low < number) or number > high:
+            bounds = f"{'[' if low_included else '('}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must lie in {bounds}{why}: {value!r}")
+        return number
+
+    return parse
+
+
+_probability = _number_between(0.5, 1, why=" (a binary model's winning score)")
+_target_precision = _number_between(0, 1, low_included=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,12 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="print one JSON object per text")
     evaluate = commands.add_parser(
         "eval",
-        help="accuracy, threshold table, calibration (ECE) and throughput on an NSMC-format TSV",
-        description="Classify a labelled TSV and report accuracy, a threshold table for flagging the 'negative' "
-        "class (precision, recall, share flagged, share sent to review), the expected calibration error, and "
-        "optionally charts.",
+        help="accuracy, threshold table, calibration (ECE) and throughput on labelled data (binary or multi-label)",
+        description="Classify a labelled file and report how to set thresholds. Binary (NSMC) data: accuracy, a "
+        "threshold table for flagging the 'negative' class (precision, recall, share flagged, share sent to "
+        "review), the expected calibration error. Multi-label data (a set of categories per text): per category "
+        "precision, recall, F1 and share flagged per threshold, the lowest threshold reaching --target-precision, "
+        "the calibration error, and a micro/macro summary. Optionally charts.",
     )
-    evaluate.add_argument("tsv", type=Path, help="file with columns id, document, label (tab separated, header row)")
+    evaluate.add_argument(
+        "tsv",
+        type=Path,
+        metavar="FILE",
+        help="binary: TSV with columns id, document, label (tab separated, header row); multi-label: TSV with "
+        "columns id, document, labels (comma-separated categories, empty for a clean text), or .jsonl with "
+        '{"text": ..., "labels": [...]} per line',
+    )
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N rows")
     evaluate.add_argument("--batch-messages", type=int, default=1024, help="texts per length-sorted window")
     evaluate.add_argument("--output", type=Path, default=None, help="also write the report as JSON here")
@@ -228,15 +333,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--thresholds",
         type=_thresholds,
-        default=DEFAULT_THRESHOLDS,
-        help="comma-separated thresholds on P(negative) for the table (default: 0.50,0.55,...,0.95,0.96,...,0.99)",
+        default=None,
+        help="comma-separated thresholds for the table: on P(negative) for binary data (default: "
+        "0.50,0.55,...,0.95,0.96,...,0.99), on each category's probability for multi-label data "
+        "(default: 0.05,0.10,...,0.95)",
     )
     evaluate.add_argument(
         "--review-below",
         type=_probability,
         default=DEFAULT_REVIEW_BELOW,
-        help="review band: texts whose winning score (either label) is below this go to human review "
+        help="binary data: texts whose winning score (either label) is below this go to human review "
         f"(default {DEFAULT_REVIEW_BELOW})",
+    )
+    evaluate.add_argument(
+        "--target-precision",
+        type=_target_precision,
+        default=0.9,
+        help="multi-label data: report per category the lowest threshold (0.001 grid) whose precision reaches "
+        "this (default 0.9)",
+    )
+    evaluate.add_argument(
+        "--label-thresholds",
+        type=_category_thresholds,
+        default=None,
+        metavar="CATEGORY=T,...",
+        help="multi-label data: the thresholds to report the summary at (default: WORKER_LABEL_THRESHOLDS "
+        "where set, else 0.5 per category)",
     )
     evaluate.add_argument(
         "--plots", type=Path, default=None, metavar="DIR", help="write PNG charts here (needs matplotlib)"

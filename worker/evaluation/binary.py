@@ -1,4 +1,4 @@
-"""Accuracy, thresholds and calibration of the worker's own classifier on an NSMC-format TSV (``worker eval``).
+"""Accuracy, thresholds and calibration of a binary (NSMC) classifier on an NSMC-format TSV (``worker eval``).
 
 Scoring (the model run) and the numbers drawn from the scores are separate, so the threshold table and the
 calibration error are plain functions of (score, truth) pairs that a test can check against its own sums.
@@ -7,13 +7,14 @@ calibration error are plain functions of (score, truth) pairs that a test can ch
 from __future__ import annotations
 
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tqdm import tqdm
 
 from worker.engines.base import Classifier, classify_encoded
+from worker.evaluation.common import binned_calibration, lowest_threshold_for, percent, share
 
 # Thresholds on the "negative" score reported by default: the coarse steps, then the fine steps where
 # moderators usually set an automatic flag.
@@ -82,10 +83,6 @@ def score_rows(
     return Scored(truths, negative_scores, winning_scores, predicted, time.perf_counter() - started, real, padded)
 
 
-def _share(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
-
-
 def threshold_table(
     negative_scores: Sequence[float],
     truths: Sequence[int],
@@ -106,10 +103,10 @@ def threshold_table(
         rows.append(
             {
                 "threshold": threshold,
-                "precision": _share(caught, flagged),
-                "recall": _share(caught, len(negatives_sorted)),
-                "flagged_share": _share(flagged, total),
-                "review_share": _share(review, total),
+                "precision": share(caught, flagged),
+                "recall": share(caught, len(negatives_sorted)),
+                "flagged_share": share(flagged, total),
+                "review_share": share(review, total),
                 "flagged": flagged,
                 "negatives_flagged": caught,
                 "review": review,
@@ -118,55 +115,15 @@ def threshold_table(
     return rows
 
 
-def lowest_threshold_for(table: Sequence[dict[str, Any]], target_precision: float) -> dict[str, Any] | None:
-    """The row with the lowest threshold whose precision reaches the target, or None if none does."""
-    for row in sorted(table, key=lambda r: r["threshold"]):
-        if row["precision"] is not None and row["precision"] >= target_precision:
-            return row
-    return None
-
-
 def calibration(
     winning_scores: Sequence[float],
     correct: Sequence[bool],
     bins: int = CALIBRATION_BINS,
     score_range: tuple[float, float] = CALIBRATION_RANGE,
 ) -> dict[str, Any]:
-    """Expected calibration error of the winning score: sum over equal-width bins of
-    (texts in bin / all texts) * |accuracy in bin - mean winning score in bin|. A score equal to an inner
-    edge belongs to the bin above it; the top edge belongs to the last bin."""
-    low, high = score_range
-    edges = [low + (high - low) * i / bins for i in range(bins + 1)]
-    counts = [0] * bins
-    score_sums = [0.0] * bins
-    hits = [0] * bins
-    for score, right in zip(winning_scores, correct):
-        index = min(max(bisect_right(edges, score) - 1, 0), bins - 1)
-        counts[index] += 1
-        score_sums[index] += score
-        hits[index] += bool(right)
-    total = sum(counts)
-    ece = 0.0
-    table = []
-    for i in range(bins):
-        mean_score = score_sums[i] / counts[i] if counts[i] else None
-        accuracy = hits[i] / counts[i] if counts[i] else None
-        if counts[i]:
-            ece += counts[i] / total * abs(accuracy - mean_score)
-        table.append(
-            {
-                "lower": edges[i],
-                "upper": edges[i + 1],
-                "count": counts[i],
-                "mean_score": mean_score,
-                "accuracy": accuracy,
-            }
-        )
-    return {
-        "ece": ece if total else None,
-        "binning": f"{bins} equal-width bins of the winning score over [{low}, {high}]",
-        "bins": table,
-    }
+    """Expected calibration error of the winning score (:func:`worker.evaluation.common.binned_calibration`):
+    each bin's observed share is the accuracy of the texts in it."""
+    return binned_calibration(winning_scores, correct, bins, score_range, "the winning score", "accuracy")
 
 
 def summarize(
@@ -205,8 +162,8 @@ def summarize(
         },
         "review_band": {
             "review_below": review_below,
-            "share": _share(len(in_band), total),
-            "accuracy": _share(sum(in_band), len(in_band)),
+            "share": share(len(in_band), total),
+            "accuracy": share(sum(in_band), len(in_band)),
         },
         "calibration": calibration(scored.winning_scores, correct),
         "seconds": round(elapsed, 3),
@@ -226,10 +183,6 @@ def evaluate(
     return summarize(score_rows(classifier, rows, window, sub_batch_max_tokens), thresholds, review_below)
 
 
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The report as a few readable lines and the threshold table (the JSON holds every number)."""
     matrix = report["confusion_matrix"]["values"]
@@ -242,8 +195,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['texts_per_second']} texts/s",
         f"confusion (rows true 0/1, columns predicted 0/1): {matrix[0]} {matrix[1]}",
         "ECE {:.4f} ({})".format(calibration["ece"] or 0.0, calibration["binning"]),
-        f"review band (winning score < {review_below:g}, either label): {_percent(band['share'])} of texts, "
-        f"model accuracy there {_percent(band['accuracy'])}",
+        f"review band (winning score < {review_below:g}, either label): {percent(band['share'])} of texts, "
+        f"model accuracy there {percent(band['accuracy'])}",
         "",
         "Flagging negatives: flagged = P(negative) >= threshold; review = in the review band and not flagged",
         "threshold | precision | recall | flagged | review",
@@ -251,17 +204,17 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for row in thresholds["rows"]:
         lines.append(
-            f"{row['threshold']:>9.2f} | {_percent(row['precision']):>9} | {_percent(row['recall']):>6} | "
-            f"{_percent(row['flagged_share']):>7} | {_percent(row['review_share']):>6}"
+            f"{row['threshold']:>9.2f} | {percent(row['precision']):>9} | {percent(row['recall']):>6} | "
+            f"{percent(row['flagged_share']):>7} | {percent(row['review_share']):>6}"
         )
     lines.append("")
     for target, row in thresholds["lowest_threshold_for_precision"].items():
         if row is None:
-            lines.append(f"precision {_percent(float(target))}: no threshold up to 0.999 reaches it")
+            lines.append(f"precision {percent(float(target))}: no threshold up to 0.999 reaches it")
         else:
             lines.append(
-                f"precision {_percent(float(target))}: lowest threshold {row['threshold']:.3f} flags "
-                f"{_percent(row['flagged_share'])} of texts ({row['flagged']:,}) and catches "
-                f"{_percent(row['recall'])} of negatives (precision {_percent(row['precision'])})"
+                f"precision {percent(float(target))}: lowest threshold {row['threshold']:.3f} flags "
+                f"{percent(row['flagged_share'])} of texts ({row['flagged']:,}) and catches "
+                f"{percent(row['recall'])} of negatives (precision {percent(row['precision'])})"
             )
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""PNG charts for ``worker eval --plots DIR``: reliability diagram, precision/recall against threshold, and
-the negative score's histogram per true label. matplotlib is an optional dependency (the ``plots`` extra)."""
+"""PNG charts of a binary (NSMC) ``worker eval --plots DIR``: reliability diagram, precision/recall against
+threshold, and the negative score's histogram per true label."""
 
 from __future__ import annotations
 
@@ -7,25 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import WorkerError
-from worker.evaluation import FINE_THRESHOLDS, Scored, threshold_table
+from worker.evaluation.binary import FINE_THRESHOLDS, Scored, threshold_table
+from worker.plots.common import DPI, GREY, NEGATIVE, POSITIVE, REVIEW, SIZE, bin_bars, pyplot
 
 CHART_FILES = ("reliability.png", "precision-recall-threshold.png", "score-histogram.png")
-_DPI = 110
-_SIZE = (7.0, 4.6)
-_NEGATIVE, _POSITIVE, _GREY, _REVIEW = "#c0392b", "#2471a3", "#7f8c8d", "#e67e22"
-
-
-def pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise WorkerError(
-            "worker eval --plots needs matplotlib: pip install 'koelectra-worker[plots]' (or matplotlib)"
-        ) from exc
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def write_eval_plots(scored: Scored, report: dict[str, Any], directory: Path, model_name: str = "") -> list[Path]:
@@ -38,7 +23,7 @@ def write_eval_plots(scored: Scored, report: dict[str, Any], directory: Path, mo
     paths = [directory / name for name in CHART_FILES]
     for path, draw in zip(paths, (_reliability, _precision_recall, _histogram)):
         figure = draw(plt, scored, report, subtitle)
-        figure.savefig(path, dpi=_DPI)
+        figure.savefig(path, dpi=DPI)
         plt.close(figure)
     return paths
 
@@ -47,10 +32,10 @@ def _reliability(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str
     calibration = report["calibration"]
     bins = calibration["bins"]
     figure, (top, bottom) = plt.subplots(
-        2, 1, figsize=(_SIZE[0], _SIZE[1] + 1.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+        2, 1, figsize=(SIZE[0], SIZE[1] + 1.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     filled = [b for b in bins if b["count"]]
-    _bin_bars(top, filled, [b["accuracy"] for b in filled], _POSITIVE, alpha=0.75, label="observed accuracy in bin")
+    bin_bars(top, filled, [b["accuracy"] for b in filled], POSITIVE, alpha=0.75, label="observed accuracy in bin")
     low, high = bins[0]["lower"], bins[-1]["upper"]
     top.plot([low, high], [low, high], "--", color="black", linewidth=1, label="perfect calibration (accuracy = score)")
     top.set_xlim(low, high)
@@ -60,7 +45,7 @@ def _reliability(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str
     top.set_title(f"Reliability diagram: ECE {calibration['ece']:.3f}\n{subtitle}", fontsize=11)
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
-    _bin_bars(bottom, bins, [b["count"] for b in bins], _GREY)
+    bin_bars(bottom, bins, [b["count"] for b in bins], GREY)
     bottom.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
     bottom.set_ylabel("texts in bin")
     width = bins[0]["upper"] - bins[0]["lower"]
@@ -68,13 +53,6 @@ def _reliability(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str
     bottom.grid(alpha=0.3)
     figure.tight_layout()
     return figure
-
-
-def _bin_bars(axes: Any, bins: list[dict[str, Any]], heights: list[float], color: str, **style: Any) -> None:
-    """One bar per calibration bin, spanning the bin."""
-    lefts = [b["lower"] for b in bins]
-    widths = [b["upper"] - b["lower"] for b in bins]
-    axes.bar(lefts, heights, width=widths, align="edge", color=color, edgecolor="white", **style)
 
 
 def _precision_recall(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str) -> Any:
@@ -87,14 +65,14 @@ def _precision_recall(plt: Any, scored: Scored, report: dict[str, Any], subtitle
     def column(name: str) -> list[float]:
         return [float("nan") if r[name] is None else r[name] for r in rows]
 
-    figure, axes = plt.subplots(figsize=(_SIZE[0], _SIZE[1] + 0.8))
-    axes.plot(xs, column("precision"), color=_NEGATIVE, linewidth=2, label="precision (flagged that are negative)")
-    axes.plot(xs, column("recall"), color=_POSITIVE, linewidth=2, label="recall (negatives that are flagged)")
+    figure, axes = plt.subplots(figsize=(SIZE[0], SIZE[1] + 0.8))
+    axes.plot(xs, column("precision"), color=NEGATIVE, linewidth=2, label="precision (flagged that are negative)")
+    axes.plot(xs, column("recall"), color=POSITIVE, linewidth=2, label="recall (negatives that are flagged)")
     axes.plot(xs, column("flagged_share"), "k--", linewidth=1.2, label="share of traffic flagged")
     axes.plot(
         xs,
         column("review_share"),
-        color=_REVIEW,
+        color=REVIEW,
         linewidth=1.5,
         label=f"share to review (winning score < {review_below:g}, not flagged)",
     )
@@ -117,8 +95,8 @@ def _histogram(plt: Any, scored: Scored, report: dict[str, Any], subtitle: str) 
     negatives = [s for s, truth in zip(scored.negative_scores, scored.truths) if truth == 0]
     positives = [s for s, truth in zip(scored.negative_scores, scored.truths) if truth == 1]
     edges = [i / 50 for i in range(51)]
-    figure, axes = plt.subplots(figsize=_SIZE)
-    for values, color, name in ((negatives, _NEGATIVE, "negative"), (positives, _POSITIVE, "positive")):
+    figure, axes = plt.subplots(figsize=SIZE)
+    for values, color, name in ((negatives, NEGATIVE, "negative"), (positives, POSITIVE, "positive")):
         axes.hist(values, bins=edges, histtype="stepfilled", color=color, alpha=0.25)
         label = f"true label {name} ({len(values):,})"
         axes.hist(values, bins=edges, histtype="step", color=color, linewidth=1.8, label=label)
