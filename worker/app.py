@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from worker.backpressure import Backpressure
 from worker.engines.base import Classifier, Encoding
-from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
+from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, ConfigError, FatalError
 from worker.health import Health
 from worker.kafka_io import (
     ClientEvents,
@@ -48,6 +48,7 @@ from worker.pipeline.intake import Entry, decode_and_tokenize
 from worker.pipeline.publish import Published, make_publisher
 from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
 from worker.policy import DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
+from worker.rules_file import RulesFile
 from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
@@ -95,7 +96,10 @@ class Worker:
         wall_clock: Callable[[], float] = time.time,
         watchdog: Watchdog | None = None,
     ) -> None:
-        check_labels(settings.routes, classifier.labels)
+        try:
+            check_labels(settings.routes, classifier.labels)
+        except ValueError as exc:
+            raise ConfigError(f"WORKER_ROUTES: {exc}") from None
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or WorkerMetrics()
@@ -108,6 +112,10 @@ class Worker:
             on_wait=self._raise_if_fatal,
         )
         self.port = clients_factory(settings, events, self.watchdog)
+        # Rules from WORKER_ROUTES_FILE are read in start() (no I/O here) and may be reloaded between windows.
+        self.rules_file = None if settings.routes_file is None else RulesFile(
+            settings.routes_file, settings.reserved_topics, classifier.labels, self.metrics, clock
+        )
         self.tracker = OffsetTracker()
         self.epochs = PartitionEpochs()
         self.batcher: Batcher[Entry] = Batcher(
@@ -118,6 +126,9 @@ class Worker:
             settings.output_topic, settings.dlq_topic, self.model_ref, rules_from(settings.routes), self.port.max_record_bytes,
             settings.max_message_bytes, settings.result_field_names,
         )
+        if self.rules_file is None:
+            self.metrics.rules_in_force(self.renderer.rules.version)
+            self.metrics.rules_valid.set(1)
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),
                                         clock, wall_clock)
         self.backpressure = Backpressure(self.port, settings.max_in_flight_messages)
@@ -135,6 +146,13 @@ class Worker:
     def request_stop(self) -> None:
         """Safe from any thread and from a signal handler: only sets a flag."""
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Read WORKER_ROUTES_FILE again before the next window (SIGHUP). Safe from any thread: sets a flag."""
+        if self.rules_file is None:
+            log.warning("reload requested, but the rules come from WORKER_ROUTES (no WORKER_ROUTES_FILE): nothing to reload")
+            return
+        self.rules_file.request_reload()
 
     @property
     def stopping(self) -> bool:
@@ -162,9 +180,11 @@ class Worker:
     def start(self) -> None:
         """Connect, join the group and start the model's thread; the worker is then serving."""
         self.health.set_phase("starting")
+        if self.rules_file is not None:
+            self.renderer.use(self.rules_file.load())
         canary: Encoding = self.classifier.encode([CANARY_TEXT])[0]
         self.inference = InferenceThread(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
-        self.port.start([route.topic for route in self.settings.routes])
+        self.port.start(self.renderer.rules.topics)
         self._started = True
         self.inference.start()
         self.health.set_phase("serving")
@@ -173,6 +193,11 @@ class Worker:
         """One turn: read, close a due window, publish finished ones, settle deliveries. Raises FatalError."""
         self.health.beat()
         self._raise_if_fatal()
+        if self.rules_file is not None:
+            # Between windows: every window is rendered (below, in _publish) under one version of the rules.
+            rules = self.rules_file.poll()
+            if rules is not None:
+                self.renderer.use(rules)
         inference = self.inference
         assert inference is not None, "start() first"
         if inference.busy:
