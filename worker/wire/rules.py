@@ -68,7 +68,6 @@ def rules_from(routes: Sequence[Route], thresholds: Mapping[str, float] | None =
 # --- rules from a file (WORKER_ROUTES_FILE) ---
 
 RULES_VERSION_HEADER = "worker.rules.version"
-ENV_VERSION = "env"
 VERSION_HEX_DIGITS = 12
 
 
