@@ -62,7 +62,10 @@ class SignalWatcher:
 
     def _watch(self, reader: socket.socket) -> None:
         while True:
-            for signum in reader.recv(64):
+            received = reader.recv(64)
+            if not received:
+                return  # the writing end is closed: no signal can come any more
+            for signum in received:
                 if signum == signal.SIGHUP:
                     self._on_hangup()
                     continue

@@ -108,7 +108,7 @@ def test_rules_reloaded_mid_stream_from_the_next_window_without_leaving_the_grou
     process = start_worker_process(env, log)
     stream = None
     try:
-        wait_ready(process, port, 240, log, assigned=True)
+        wait_ready(process, port, 360, log, assigned=True)
         assert sample(port, "worker_rules_info", {"version": first}) == 1
         members_before = []
 
