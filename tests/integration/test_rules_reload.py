@@ -152,6 +152,7 @@ def test_rules_reloaded_mid_stream_from_the_next_window_without_leaving_the_grou
         copies_b = consume_all(kafka_bootstrap, route_b, idle_s=3, timeout_s=60)
         members_after = members(kafka_bootstrap, group)
         assert process.poll() is None, log.read_text()
+        text = log.read_text()  # before the shutdown, which revokes the partitions on leaving
     finally:
         if stream is not None:
             stream.stop()
@@ -181,7 +182,6 @@ def test_rules_reloaded_mid_stream_from_the_next_window_without_leaving_the_grou
         assert order == [first] * switch + [second] * (len(order) - switch), f"partition {partition}: versions interleave"
     # The worker never left its group.
     assert members_after == members_before
-    text = log.read_text()
     assert text.count("partitions assigned") == 1 and "partitions revoked" not in text and "partitions lost" not in text
     assert text.count("is invalid, keeping version") == 2
     fault_report("rules-reload", results=count, version_1=len(expect_a), version_2=count - len(expect_a),
