@@ -16,8 +16,8 @@ from worker.metrics import WorkerMetrics
 from worker.pipeline.render import Renderer
 from worker.rules_file import RulesFile
 from worker.settings import load_settings
-from worker.wire.rules import RULES_VERSION_HEADER, parse_rules, rules_from
 from worker.wire.routing import Route
+from worker.wire.rules import RULES_VERSION_HEADER, parse_rules, rules_from
 
 NEGATIVE = {"name": "neg", "topic": "neg", "labels": ["negative"]}
 POSITIVE = {"name": "pos", "topic": "pos", "labels": ["positive"]}
