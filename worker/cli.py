@@ -116,6 +116,10 @@ def cmd_run(settings: Settings) -> int:
         server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, health)
         server.start()
     log.info("starting", extra={"fields": {"settings": settings.masked_dump()}})
+    if settings.routes_file is not None:
+        from worker.rules_file import read_rules
+
+        read_rules(settings.routes_file, settings.reserved_topics)  # a bad file fails now, not after the model loads
     classifier = load_classifier(settings)
     classifier.warm_up()
     freeze_startup_heap()

@@ -31,6 +31,27 @@ APPLIED, UNCHANGED, INVALID = "applied", "unchanged", "invalid"
 Signature = tuple[int, int, int] | None
 
 
+def read_rules(path: Path, reserved_topics: Sequence[str], model_labels: Sequence[str] | None = None) -> Rules:
+    """The rules in ``path``, or a ConfigError naming the problem (labels are checked when given).
+
+    The command line calls it before the model loads, so a typo fails in a second rather than after
+    the load; :meth:`RulesFile.load` calls it again with the model's labels.
+    """
+    try:
+        content = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"WORKER_ROUTES_FILE: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return _parse(Path(path), content, reserved_topics, model_labels)
+    except ValueError as exc:
+        raise ConfigError(f"WORKER_ROUTES_FILE {path}: {exc}") from None
+
+
+def _parse(path: Path, content: bytes, reserved_topics: Sequence[str], model_labels: Sequence[str] | None) -> Rules:
+    yaml = path.suffix.lower() in (".yaml", ".yml")
+    return parse_rules(content, reserved_topics=reserved_topics, model_labels=model_labels, yaml=yaml)
+
+
 class RulesFile:
     """The rules file: :meth:`load` at start, :meth:`poll` between windows."""
 
@@ -62,14 +83,7 @@ class RulesFile:
     def load(self) -> Rules:
         """The rules at start; a missing or invalid file is a configuration error."""
         self._signature = self._stat()
-        try:
-            content = self.path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"WORKER_ROUTES_FILE: cannot read {self.path}: {exc.strerror or exc}") from None
-        try:
-            rules = self._parse(content)
-        except ValueError as exc:
-            raise ConfigError(f"WORKER_ROUTES_FILE {self.path}: {exc}") from None
+        rules = read_rules(self.path, self._reserved, self._labels)
         self._in_force(rules.version)
         self._metrics.rules_valid.set(1)
         self._last_check = self._clock()
@@ -113,8 +127,7 @@ class RulesFile:
         return rules
 
     def _parse(self, content: bytes) -> Rules:
-        yaml = self.path.suffix.lower() in (".yaml", ".yml")
-        return parse_rules(content, reserved_topics=self._reserved, model_labels=self._labels, yaml=yaml)
+        return _parse(self.path, content, self._reserved, self._labels)
 
     def _stat(self) -> Signature:
         try:

@@ -204,3 +204,16 @@ def test_results_routed_copies_and_dead_letters_with_the_version_header_fit_the_
     replacement = renderer.dead_letter(record, "produce_error", "refused", 0.0)
     assert record_size(replacement.key, replacement.value, replacement.headers) <= budget(renderer.limit)
     assert dict(replacement.headers)[RULES_VERSION_HEADER] == b"0123456789ab"
+
+
+def test_read_rules_checks_a_file_before_the_model_is_known(tmp_path):
+    from worker.rules_file import read_rules
+
+    path = tmp_path / "rules.json"
+    path.write_text('{"routes": [{"name": "x", "topic": "x", "labels": ["toxic"]}]}')
+    assert read_rules(path, ("in", "out", "dlq")).topics == ("x",)  # labels are the model's to check
+    with pytest.raises(ConfigError, match="toxic the model does not have"):
+        read_rules(path, ("in", "out", "dlq"), ("negative", "positive"))
+    path.write_text("{")
+    with pytest.raises(ConfigError, match=r"WORKER_ROUTES_FILE .*rules.json: not valid JSON"):
+        read_rules(path, ("in", "out", "dlq"))
