@@ -21,7 +21,10 @@ def http_get(url: str, timeout_s: float = 2) -> tuple[int | None, str]:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as error:
-        return error.code, error.read().decode("utf-8", "replace")
+        try:
+            return error.code, error.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as unread:  # the body timed out (a loaded machine)
+            return error.code, str(unread)
     except (OSError, http.client.HTTPException) as error:
         return None, str(error)
 

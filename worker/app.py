@@ -54,6 +54,7 @@ from worker.pipeline.intake import Entry, take_in
 from worker.pipeline.publish import Published, make_publisher
 from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
 from worker.policy import AUTHENTICATION_CODES, DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
+from worker.rules_file import RulesFile
 from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
@@ -118,7 +119,10 @@ class Worker:
         watchdog: Watchdog | None = None,
         schemas: SchemaPort | None = None,
     ) -> None:
-        check_labels(settings.routes, classifier.labels)
+        try:
+            check_labels(settings.routes, classifier.labels)
+        except ValueError as exc:
+            raise ConfigError(f"WORKER_ROUTES: {exc}") from None
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or WorkerMetrics()
@@ -136,6 +140,10 @@ class Worker:
         self.schemas = schemas
         self._held: list[InputRecord] = []  # consumed, not yet decoded: the registry could not be reached
         self._held_retry_at = 0.0
+        # Rules from WORKER_ROUTES_FILE are read in start() (no I/O here) and may be reloaded between windows.
+        self.rules_file = None if settings.routes_file is None else RulesFile(
+            settings.routes_file, settings.reserved_topics, classifier.labels, self.metrics, clock
+        )
         self.tracker = OffsetTracker()
         self.epochs = PartitionEpochs()
         self.batcher: Batcher[Entry] = Batcher(
@@ -147,6 +155,9 @@ class Worker:
             settings.max_message_bytes, settings.result_field_names,
             encode=schemas.encode if schemas is not None and settings.output_format != "json" else None,
         )
+        if self.rules_file is None:
+            self.metrics.rules_in_force(self.renderer.rules.version)
+            self.metrics.rules_valid.set(1)
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),
                                         clock, wall_clock, settings.transaction_timeout_s)
         self.backpressure = Backpressure(self.port, settings.max_in_flight_messages, settings.max_in_flight_bytes)
@@ -169,6 +180,13 @@ class Worker:
         if self._stop_requested_at is None:
             self._stop_requested_at = self._clock()
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Read WORKER_ROUTES_FILE again before the next window (SIGHUP). Safe from any thread: sets a flag."""
+        if self.rules_file is None:
+            log.warning("reload requested, but the rules come from WORKER_ROUTES (no WORKER_ROUTES_FILE): nothing to reload")
+            return
+        self.rules_file.request_reload()
 
     @property
     def stopping(self) -> bool:
@@ -196,9 +214,11 @@ class Worker:
     def start(self) -> None:
         """Connect, join the group and start the model's thread; the worker is then serving."""
         self.health.set_phase("starting")
+        if self.rules_file is not None:
+            self.renderer.use(self.rules_file.load())
         canary: Encoding = self.classifier.encode([CANARY_TEXT])[0]
         self.inference = InferenceThread(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
-        destinations = [route.topic for route in self.settings.routes]
+        destinations = list(self.renderer.rules.topics)
         if self.settings.output_format != "json":
             self._register_result_schemas([self.settings.output_topic, *destinations])
         self.port.start(destinations)
@@ -210,6 +230,11 @@ class Worker:
         """One turn: read, close a due window, publish finished ones, settle deliveries. Raises FatalError."""
         self.health.beat()
         self._raise_if_fatal()
+        if self.rules_file is not None:
+            # Between windows: every window is rendered (below, in _publish) under one version of the rules.
+            rules = self.rules_file.poll()
+            if rules is not None:
+                self.renderer.use(rules)
         inference = self.inference
         assert inference is not None, "start() first"
         if self._held and self._clock() >= self._held_retry_at:

@@ -38,21 +38,24 @@ SEED_SENTENCES = (
 
 class SignalWatcher:
     """SIGTERM/SIGINT: the first one asks for a clean stop, a second one ends the process at once.
+    SIGHUP: reload the rules file (``on_hangup``), nothing else.
 
     Python runs signal handlers on the main thread between bytecodes, and the main thread may be
-    inside librdkafka for a long time. The C part of the handler writes every signal to a wakeup
-    file descriptor right away, so a thread reading it can act whatever the main thread does.
+    inside librdkafka for a long time. The C part of the handler writes every signal's number to a
+    wakeup file descriptor right away, so a thread reading it can act whatever the main thread does.
     """
 
-    def __init__(self, on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
+    def __init__(self, on_first: Callable[[], None], on_second: Callable[[], None],
+                 on_hangup: Callable[[], None] = lambda: None) -> None:
         self._on_first = on_first
         self._on_second = on_second
+        self._on_hangup = on_hangup
         self._seen = 0
 
     def install(self) -> None:
         reader, writer = socket.socketpair()
         writer.setblocking(False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda signum, frame: None)  # the watcher thread does the work
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         self._sockets = (reader, writer)  # kept alive for the life of the process
@@ -60,7 +63,13 @@ class SignalWatcher:
 
     def _watch(self, reader: socket.socket) -> None:
         while True:
-            for _ in reader.recv(64):
+            received = reader.recv(64)
+            if not received:
+                return  # the writing end is closed: no signal can come any more
+            for signum in received:
+                if signum == signal.SIGHUP:
+                    self._on_hangup()
+                    continue
                 self._seen += 1
                 (self._on_first if self._seen == 1 else self._on_second)()
 
@@ -95,13 +104,23 @@ def cmd_run(settings: Settings) -> int:
         log.warning("second signal: exiting now")
         hard_exit(130)
 
-    SignalWatcher(first_signal, second_signal).install()
+    def hangup() -> None:
+        if worker is None:  # the rules file is read once the model is loaded, so there is nothing to reload yet
+            log.info("SIGHUP during start-up: the rules file is read when the worker starts")
+            return
+        worker.request_reload()
+
+    SignalWatcher(first_signal, second_signal, hangup).install()
     watchdog.start()
     server = None
     if settings.metrics_port:
         server = MetricsServer(settings.metrics_host, settings.metrics_port, metrics.registry, health)
         server.start()
     log.info("starting", extra={"fields": {"settings": settings.masked_dump()}})
+    if settings.routes_file is not None:
+        from worker.rules_file import read_rules
+
+        read_rules(settings.routes_file, settings.reserved_topics)  # a bad file fails now, not after the model loads
     classifier = load_classifier(settings)
     classifier.warm_up()
     freeze_startup_heap()

@@ -99,7 +99,21 @@ class WorkerMetrics:
             "inference start), inference, publish (inference end to produce), delivery (produce to acknowledgement).",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.rules_reloads = Counter(
+            "worker_rules_reloads",
+            "Reloads of WORKER_ROUTES_FILE (on SIGHUP or a change of the file), by outcome: applied, unchanged, "
+            "invalid (the rules in force were kept).",
+            ["outcome"], registry=r,
+        )
+        self.rules_valid = Gauge(
+            "worker_rules_valid", "0 after the rules file was found invalid, until a valid one is applied; else 1.", registry=r
+        )
+        self.rules_info = Gauge(
+            "worker_rules_info", "1 for the version of the rules in force (header worker.rules.version).", ["version"],
+            registry=r,
+        )
         self._lag_partitions: set[Partition] = set()
+        self._rules_version: str | None = None
 
     def describe_model(self, classifier: Any) -> None:
         """The loaded classifier's info, and (when ``auto`` chose it) what was measured to choose it."""
@@ -115,6 +129,12 @@ class WorkerMetrics:
                     self.engine_speed.labels(engine, precision, window, chosen, qualified).set(value)
             if m.agreement is not None:
                 self.engine_agreement.labels(engine, precision).set(m.agreement.same_label)
+
+    def rules_in_force(self, version: str) -> None:
+        if self._rules_version is not None and self._rules_version != version:
+            self.rules_info.remove(self._rules_version)
+        self.rules_info.labels(version).set(1)
+        self._rules_version = version
 
     def set_lag(self, lag: dict[Partition, int]) -> None:
         for gone in self._lag_partitions - lag.keys():

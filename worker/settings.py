@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         description='Moderation routes, a JSON list: each result is also copied to the topic of every rule that matches its label and score, e.g. [{"name": "flagged", "topic": "comments-flagged", "labels": ["negative"], "min_score": 0.9}, {"name": "review", "topic": "comments-review", "below": 0.6}].',
     )
 
+    routes_file: Path | None = Field(
+        None,
+        description='Moderation rules from a file instead of WORKER_ROUTES (not both): a JSON (or .yaml/.yml) object {"routes": [...as WORKER_ROUTES...], "thresholds": {"category": 0.7}, "default_threshold": 0.5}. SIGHUP or a change of the file reloads it between windows without leaving the group; an invalid new file keeps the rules in force. Every result carries the header worker.rules.version (the first 12 hex digits of the file\'s SHA-256; env for WORKER_ROUTES).',
+    )
+
     # --- Input ---
     input_format: Literal["text", "json", "avro", "protobuf", "json_schema"] = Field(
         "text",
@@ -238,6 +243,11 @@ class Settings(BaseSettings):
         """The fields a result carries, in output order (see worker.wire.results.parse_result_fields)."""
         return parse_result_fields(self.result_fields)
 
+    @property
+    def reserved_topics(self) -> tuple[str, str, str]:
+        """The topics no route may write to: input, output and dead-letter."""
+        return (self.input_topic, self.output_topic, self.dlq_topic)
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -275,8 +285,10 @@ class Settings(BaseSettings):
             raise ValueError("WORKER_DLQ_TOPIC must differ from the input and output topics")
         if self.input_topic == self.output_topic:
             raise ValueError("WORKER_OUTPUT_TOPIC must differ from WORKER_INPUT_TOPIC")
+        if self.routes_file is not None and "routes" in self.model_fields_set:
+            raise ValueError("WORKER_ROUTES and WORKER_ROUTES_FILE are both set: use one of them")
         try:
-            check_routes(self.routes, (self.input_topic, self.output_topic, self.dlq_topic))
+            check_routes(self.routes, self.reserved_topics)
         except ValueError as exc:
             raise ValueError(f"WORKER_ROUTES: {exc}") from None
         return self

@@ -118,3 +118,24 @@ def test_eval_rejects_bad_threshold_arguments(capsys):
         with pytest.raises(SystemExit) as stop:
             main(["eval", "x.tsv", *argv])
         assert stop.value.code == 2
+
+
+def test_signal_watcher_tells_a_hangup_from_a_stop():
+    """The wakeup fd carries each signal's number: SIGHUP reloads the rules and never counts as a stop."""
+    import signal
+    import socket
+    import threading
+    import time
+
+    from worker.cli import SignalWatcher
+
+    calls: list[str] = []
+    watcher = SignalWatcher(lambda: calls.append("stop"), lambda: calls.append("exit"), lambda: calls.append("reload"))
+    reader, writer = socket.socketpair()
+    threading.Thread(target=watcher._watch, args=(reader,), daemon=True).start()
+    writer.send(bytes([signal.SIGHUP, signal.SIGHUP, signal.SIGTERM, signal.SIGHUP, signal.SIGINT]))
+    deadline = time.monotonic() + 5
+    while len(calls) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == ["reload", "reload", "stop", "reload", "exit"]
+    writer.close()

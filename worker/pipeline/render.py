@@ -24,7 +24,7 @@ from worker.wire.decoding import describe
 from worker.wire.result_schemas import result_document
 from worker.wire.results import RESULT_FIELDS, render_result
 from worker.wire.routing import ROUTE_HEADER
-from worker.wire.rules import Rules
+from worker.wire.rules import RULES_VERSION_HEADER, Rules
 from worker.wire.sizes import header_size, record_size
 from worker.wire.types import (
     ENCODE_ERROR,
@@ -122,7 +122,7 @@ class Renderer:
 
     ``max_record_bytes(topic)`` is what the producer and that topic accept (read from the cluster
     at start); the size limit is the smallest of those and ``max_message_bytes``, less room for the
-    routing header on copies.
+    routing header on copies and the rules version header on every record but a minimal dead letter.
 
     ``encode`` (WORKER_OUTPUT_FORMAT avro, protobuf, json_schema: the SchemaPort's) turns a result
     into the value for one destination topic, framed with that topic's schema id; a result it
@@ -147,16 +147,27 @@ class Renderer:
             self._limit = min([self.max_message_bytes, *(self.max_record_bytes(t) for t in topics)])
         return self._limit
 
+    def use(self, rules: Rules) -> None:
+        """Render from now on under ``rules`` (a reload, between windows); their topics' limits count from now."""
+        self.rules = rules
+        self._limit = None
+
+    @property
+    def version_header(self) -> tuple[str, bytes]:
+        return (RULES_VERSION_HEADER, self.rules.version.encode())
+
     @property
     def route_reserve(self) -> int:
         return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.rules.routes), default=0)
 
     def render(self, entry: Entry, now_ms: float) -> Delivery:
         """The result and its routed copies, or the dead letter, of one finished entry."""
+        version = self.version_header
         out = render_record(entry.item, entry.prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
-                            reserve_bytes=self.route_reserve, fields=self.fields)
+                            reserve_bytes=self.route_reserve + header_size(*version), fields=self.fields)
+        headers = [*out.headers, version]
         if out.reason is not None:
-            messages = [Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=out.reason)]
+            messages = [Message(self.dlq_topic, out.key, out.value, headers, DEAD_LETTER, reason=out.reason)]
         else:
             assert out.prediction is not None
             label = out.prediction.label
@@ -165,9 +176,9 @@ class Renderer:
             if isinstance(values, Rejection):
                 return Delivery(entry.record, entry.epoch, [self.dead_letter(entry.record, values.reason, values.detail,
                                                                              now_ms)], arrived_at=entry.arrived_at)
-            messages = [Message(self.output_topic, out.key, values[self.output_topic], out.headers, RESULT, label=label)]
+            messages = [Message(self.output_topic, out.key, values[self.output_topic], headers, RESULT, label=label)]
             for route in routes:
-                routed_headers = [*out.headers, (ROUTE_HEADER, route.name.encode())]
+                routed_headers = [*headers, (ROUTE_HEADER, route.name.encode())]
                 messages.append(Message(route.topic, out.key, values[route.topic], routed_headers, ROUTED, label=label,
                                         route=route.name))
         return Delivery(entry.record, entry.epoch, messages, arrived_at=entry.arrived_at)
@@ -184,7 +195,7 @@ class Renderer:
         except Exception as exc:  # noqa: BLE001 - this one result cannot be written: dead-letter it
             return Rejection(out.source, ENCODE_ERROR, f"result could not be encoded: {describe(exc)}")
         size = record_size(out.key, values[self.output_topic], out.headers)
-        if size > self.limit - self.route_reserve:
+        if size > self.limit - self.route_reserve - header_size(*self.version_header):
             return Rejection(out.source, TOO_LARGE, f"encoded result is {size} bytes, limit is {self.limit}")
         return values
 
@@ -207,6 +218,8 @@ class Renderer:
         rejection = Rejection(record, reason, detail)
         if minimal:
             out = minimal_dead_letter(rejection)
-        else:
-            out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.limit)
-        return Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=reason)
+            return Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=reason)
+        version = self.version_header
+        out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.limit,
+                                 reserve_bytes=header_size(*version))
+        return Message(self.dlq_topic, out.key, out.value, [*out.headers, version], DEAD_LETTER, reason=reason)

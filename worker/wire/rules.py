@@ -8,11 +8,15 @@ result names the version that routed it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
-from worker.wire.routing import Route
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from worker.wire.routing import Route, check_labels, check_routes
 from worker.wire.types import Prediction
 
 DEFAULT_THRESHOLD = 0.5
@@ -27,6 +31,11 @@ class Rules:
     # Which rules routed a result (the worker.rules.version header): "env" for rules from the
     # environment, a content hash for rules from a file.
     version: str = "env"
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The route topics, each once, in rule order."""
+        return tuple(dict.fromkeys(r.topic for r in self.routes))
 
     def threshold(self, category: str) -> float:
         return self.thresholds.get(category, self.default_threshold)
@@ -54,3 +63,80 @@ class Rules:
 def rules_from(routes: Sequence[Route], thresholds: Mapping[str, float] | None = None,
                default_threshold: float = DEFAULT_THRESHOLD, version: str = "env") -> Rules:
     return Rules(tuple(routes), MappingProxyType(dict(thresholds or {})), default_threshold, version)
+
+
+# --- rules from a file (WORKER_ROUTES_FILE) ---
+
+RULES_VERSION_HEADER = "worker.rules.version"
+VERSION_HEX_DIGITS = 12
+
+
+class RulesDocument(BaseModel):
+    """``{"routes": [...as WORKER_ROUTES...], "thresholds": {"insult": 0.7}, "default_threshold": 0.5}``"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    routes: list[Route] = Field(default_factory=list)
+    thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
+    default_threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0)
+
+
+def rules_version(content: bytes) -> str:
+    """The version of rules read from a file: the first hex digits of its content's SHA-256."""
+    return hashlib.sha256(content).hexdigest()[:VERSION_HEX_DIGITS]
+
+
+def parse_rules(content: bytes, *, reserved_topics: Sequence[str], model_labels: Sequence[str] | None = None,
+                yaml: bool = False) -> Rules:
+    """The rules a file holds (JSON, or YAML when ``yaml``), checked as WORKER_ROUTES is.
+
+    Raises ValueError with one line naming the problem: not JSON/YAML, a field out of range, a route
+    writing to a reserved topic, a label or category the model does not have (when ``model_labels``
+    is given). The version is :func:`rules_version` of ``content``.
+    """
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc}") from None
+    data = _load_yaml(text) if yaml else _load_json(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"must be an object with routes, thresholds and default_threshold, not {type(data).__name__}")
+    try:
+        document = RulesDocument.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(_one_line(exc)) from None
+    check_routes(document.routes, reserved_topics)
+    if model_labels is not None:
+        check_labels(document.routes, model_labels)
+        unknown = [c for c in document.thresholds if c not in model_labels]
+        if unknown:
+            raise ValueError(
+                f"thresholds name categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} the model "
+                f"does not have (its labels: {', '.join(model_labels)})"
+            )
+    return rules_from(document.routes, document.thresholds, document.default_threshold, rules_version(content))
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml  # PyYAML comes with transformers; only a .yaml/.yml rules file needs it
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError("not valid YAML: " + " ".join(str(exc).split())) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.get("loc", ())).lstrip(".")
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
