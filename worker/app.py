@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from worker.backpressure import Backpressure
 from worker.engines.base import Classifier, Encoding
-from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
+from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, ConfigError, FatalError
 from worker.health import Health
 from worker.kafka_io import (
     ClientEvents,
@@ -95,7 +95,10 @@ class Worker:
         wall_clock: Callable[[], float] = time.time,
         watchdog: Watchdog | None = None,
     ) -> None:
-        check_labels(settings.routes, classifier.labels)
+        try:
+            check_labels(settings.routes, classifier.labels)
+        except ValueError as exc:  # a setup error: one line and exit 2, like every other setting
+            raise ConfigError(f"WORKER_ROUTES: {exc}") from None
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or WorkerMetrics()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from worker.engines.loading import load_classifier
-from worker.errors import WorkerError
+from worker.errors import ConfigError, WorkerError
 from worker.evaluation import DEFAULT_REVIEW_BELOW, DEFAULT_THRESHOLDS
 from worker.logs import configure_logging
 from worker.settings import Settings, load_settings
@@ -107,7 +107,13 @@ def cmd_run(settings: Settings) -> int:
     metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
     worker = Worker(settings, classifier, metrics, health, watchdog=watchdog)
-    clean = worker.run()
+    try:
+        clean = worker.run()
+    except ConfigError as exc:
+        # A client property librdkafka refused at start; nothing was consumed. hard_exit: a client
+        # already created must not hold the exit up in its destructor.
+        hard_exit(2, f"worker: error: {exc}")
+        return 2  # not reached
     log.info("stopped", extra={"fields": {"clean": clean, "exit_code": worker.exit_code}})
     fatal = worker.fatal
     if fatal is not None and server is not None:
@@ -159,10 +165,20 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
         from worker.plots import pyplot
 
         pyplot()  # a missing matplotlib fails here, not after the long run
-    rows = read_nsmc(args.tsv, args.limit)
+    try:
+        rows = read_nsmc(args.tsv, args.limit)
+    except OSError as exc:
+        raise ConfigError(f"worker eval: cannot read {args.tsv}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not NSMC-format, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        raise ConfigError(f"worker eval: {args.tsv}: {exc}" if str(args.tsv) not in str(exc) else f"worker eval: {exc}") from None
+    except StopIteration:  # no header row
+        raise ConfigError(f"worker eval: {args.tsv}: empty file (expected header id, document, label)") from None
     classifier = load_classifier(settings)
     classifier.warm_up()
-    scored = score_rows(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
+    try:
+        scored = score_rows(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
+    except ValueError as exc:  # the model does not fit the evaluation (e.g. not binary)
+        raise ConfigError(f"worker eval: {exc}") from None
     report = summarize(scored, args.thresholds, args.review_below)
     report["model"] = classifier.info
     selection = getattr(classifier, "selection", None)

@@ -1,3 +1,4 @@
+import json
 import re
 import shutil
 import subprocess
@@ -118,3 +119,82 @@ def test_eval_rejects_bad_threshold_arguments(capsys):
         with pytest.raises(SystemExit) as stop:
             main(["eval", "x.tsv", *argv])
         assert stop.value.code == 2
+
+
+# --- issue 18 finding 8: setup errors are one line and exit 2, never a traceback ---
+
+UNKNOWN_LABEL_ROUTE = '[{"name": "flagged", "topic": "flagged", "labels": ["toxic"]}]'
+
+
+def test_a_route_naming_a_label_the_model_lacks_is_a_config_error():
+    from tests.unit.test_loop import make_worker
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^WORKER_ROUTES: route 'flagged' names label\(s\) toxic"):
+        make_worker(routes=json.loads(UNKNOWN_LABEL_ROUTE))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read"),
+        ("", "empty file"),
+        ("a\tb\n1\t2\n", "expected header id, document, label"),
+        ("id\tdocument\tlabel\n1\t좋아요\t7\n", "expected 3 columns with label 0 or 1"),
+        (b"id\tdocument\tlabel\n1\t\xff\xfe\t1\n", "utf-8"),
+    ],
+)
+def test_eval_bad_input_is_one_line_and_exit_2(monkeypatch, tiny_model_dir, tmp_path, capsys, content, expected):
+    monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
+    path = tmp_path / "input.tsv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    assert main(["eval", str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("worker: error: worker eval: ") and expected in line
+
+
+def test_eval_with_a_model_that_does_not_fit_is_one_line_and_exit_2(monkeypatch, tiny_model_dir, capsys):
+    from harness.paths import NSMC_SAMPLE
+    from worker import cli
+
+    class ThreeLabels:
+        labels = ["negative", "neutral", "positive"]
+
+        def warm_up(self):
+            pass
+
+    monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(cli, "load_classifier", lambda settings: ThreeLabels())
+    assert main(["eval", str(NSMC_SAMPLE), "--limit", "5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("worker: error: worker eval: ") and "binary" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["run"], {"WORKER_ROUTES": UNKNOWN_LABEL_ROUTE}, "worker: error: WORKER_ROUTES: route 'flagged' names label(s) toxic"),
+        (["run"], {"WORKER_KAFKA_NO_SUCH_PROPERTY": "1"}, "worker: error: WORKER_KAFKA_NO_SUCH_PROPERTY: "),
+        (["eval", "missing.tsv"], {}, "worker: error: worker eval: cannot read missing.tsv"),
+    ],
+    ids=["route-label", "kafka-property", "eval-input"],
+)
+def test_setup_errors_end_the_process_with_one_line_and_exit_2(tiny_model_dir, tmp_path, args, env, expected):
+    """The process as an orchestrator sees it: exit 2, and stderr's last line says why (no traceback)."""
+    import os
+    from pathlib import Path
+
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+    child_env.update({"WORKER_MODEL": str(tiny_model_dir), "WORKER_DEVICE": "cpu", "WORKER_DTYPE": "float32",
+                      "WORKER_METRICS_PORT": "0", "WORKER_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                      "WORKER_ENGINE_CACHE_DIR": str(tmp_path / "engines"), **env})
+    repo = Path(__file__).resolve().parents[2]
+    child_env["PYTHONPATH"] = os.pathsep.join([str(repo), child_env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=child_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]
