@@ -61,7 +61,7 @@ BROKER_SIDE = {
     "partition.assignment.strategy": "WORKER_KAFKA_CONSUMER_GROUP_REMOTE_ASSIGNOR (uniform or range)",
     "group.protocol.type": "nothing (the protocol has no type)",
 }
-_PROPERTY = re.compile(r'[`"]([a-z][a-z0-9_.]*)[`"]')
+_PROPERTY = re.compile(r'[`"]([a-z][a-z0-9_.]*)(?:=[^`"]*)?[`"]')
 
 
 # confluent-kafka (2.16) decodes header names as UTF-8; for a name that is not, Message.headers() returns
@@ -243,16 +243,18 @@ class KafkaClients:
 
     def _config_problem(self, role: str, message: str) -> str:
         """``message`` led by the variable that set the property it names (or the property, if the worker set it)."""
-        match = _PROPERTY.search(message)
         message = message.removeprefix(f"Failed to create {role}: ")
-        if match is None:
+        named = _PROPERTY.findall(message)
+        if not named:
             return f"Kafka {role} configuration: {message}"
-        prop = match.group(1)
-        scopes = {"consumer": self._settings.kafka_consumer, "producer": self._settings.kafka_producer}
-        variable = prop
-        for scope, values in (("KAFKA_" + role.upper() + "_", scopes.get(role, {})), ("KAFKA_", self._settings.kafka)):
-            if prop in values:
-                variable = f"{ENV_PREFIX}{scope}{prop.upper().replace('.', '_')}"
+        own = {"consumer": self._settings.kafka_consumer, "producer": self._settings.kafka_producer}.get(role, {})
+        scopes = ((f"KAFKA_{role.upper()}_", own), ("KAFKA_", self._settings.kafka))
+        # The first property named that the user set (`transactional.id` requires `enable.idempotence=true`
+        # is about WORKER_KAFKA_PRODUCER_ENABLE_IDEMPOTENCE), else the first named (the worker set it).
+        prop, variable = named[0], named[0]
+        for candidate, (scope, values) in ((c, sv) for c in named for sv in scopes):
+            if candidate in values:
+                prop, variable = candidate, f"{ENV_PREFIX}{scope}{candidate.upper().replace('.', '_')}"
                 break
         hint = BROKER_SIDE.get(prop) if role == "consumer" and "group.protocol=consumer" in message else None
         return f"{variable}: {message}" + (f"; under group.protocol=consumer use {hint} instead" if hint else "")

@@ -78,6 +78,8 @@ def test_consumer_protocol_leaves_out_what_it_refuses():
         ("consumer", {"kafka": {"session.timeout.ms": "soon"}}, "WORKER_KAFKA_SESSION_TIMEOUT_MS"),
         ("producer", {"kafka_producer": {"enable.idempotence": "maybe"}}, "WORKER_KAFKA_PRODUCER_ENABLE_IDEMPOTENCE"),
         ("admin", {"kafka": {"no.such.thing": "x"}}, "WORKER_KAFKA_NO_SUCH_THING"),
+        ("producer", {"delivery": "exactly_once", "kafka_producer": {"enable.idempotence": "false"}},
+         "WORKER_KAFKA_PRODUCER_ENABLE_IDEMPOTENCE"),
     ],
 )
 def test_a_refused_client_property_is_a_config_error_naming_its_variable(role, settings, variable):
