@@ -190,11 +190,15 @@ def test_setup_errors_end_the_process_with_one_line_and_exit_2(tiny_model_dir, t
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
     child_env.update({"WORKER_MODEL": str(tiny_model_dir), "WORKER_DEVICE": "cpu", "WORKER_DTYPE": "float32",
                       "WORKER_METRICS_PORT": "0", "WORKER_BOOTSTRAP_SERVERS": "127.0.0.1:9",
-                      "WORKER_ENGINE_CACHE_DIR": str(tmp_path / "engines"), **env})
+                      # a named engine: `auto` would first measure the engines (minutes on a busy 2-vCPU machine)
+                      "WORKER_ENGINE": "torch",
+                      # the session's cache (tests/conftest.py): the tokenizer snapshot is prepared once, not per test
+                      "WORKER_ENGINE_CACHE_DIR": os.environ.get("WORKER_ENGINE_CACHE_DIR", str(tmp_path / "engines")),
+                      **env})
     repo = Path(__file__).resolve().parents[2]
     child_env["PYTHONPATH"] = os.pathsep.join([str(repo), child_env.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=child_env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=180, check=False)
+                            capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]
