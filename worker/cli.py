@@ -106,12 +106,13 @@ def cmd_run(settings: Settings) -> int:
     freeze_startup_heap()
     metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
-    worker = Worker(settings, classifier, metrics, health, watchdog=watchdog)
     try:
+        worker = Worker(settings, classifier, metrics, health, watchdog=watchdog)
         clean = worker.run()
     except ConfigError as exc:
-        # A client property librdkafka refused at start; nothing was consumed. hard_exit: a client
-        # already created must not hold the exit up in its destructor.
+        # A route the model cannot serve, or a client property librdkafka refused at start; nothing was
+        # consumed. hard_exit: a client already created must not hold the exit up in its destructor, and
+        # the interpreter's teardown (native libraries report leaks there) must not follow the last line.
         hard_exit(2, f"worker: error: {exc}")
         return 2  # not reached
     log.info("stopped", extra={"fields": {"clean": clean, "exit_code": worker.exit_code}})
