@@ -1,4 +1,3 @@
-import json
 import re
 import shutil
 import subprocess
@@ -124,14 +123,6 @@ def test_eval_rejects_bad_threshold_arguments(capsys):
 # --- issue 18 finding 8: setup errors are one line and exit 2, never a traceback ---
 
 UNKNOWN_LABEL_ROUTE = '[{"name": "flagged", "topic": "flagged", "labels": ["toxic"]}]'
-
-
-def test_a_route_naming_a_label_the_model_lacks_is_a_config_error():
-    from tests.unit.test_loop import make_worker
-    from worker.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"^WORKER_ROUTES: route 'flagged' names label\(s\) toxic"):
-        make_worker(routes=json.loads(UNKNOWN_LABEL_ROUTE))
 
 
 @pytest.mark.parametrize(
