@@ -121,7 +121,7 @@ class Worker:
     ) -> None:
         try:
             check_labels(settings.routes, classifier.labels)
-        except ValueError as exc:
+        except ValueError as exc:  # a setup error: one line and exit 2, like every other setting
             raise ConfigError(f"WORKER_ROUTES: {exc}") from None
         self.settings = settings
         self.classifier = classifier

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from worker.engines.base import Classifier
 from worker.engines.loading import load_classifier
-from worker.errors import WorkerError
+from worker.errors import ConfigError, WorkerError
 from worker.evaluation import DEFAULT_REVIEW_BELOW, DEFAULT_THRESHOLDS
 from worker.logs import configure_logging
 from worker.settings import Settings, load_settings
@@ -126,8 +126,15 @@ def cmd_run(settings: Settings) -> int:
     freeze_startup_heap()
     metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
-    worker = Worker(settings, classifier, metrics, health, watchdog=watchdog)
-    clean = worker.run()
+    try:
+        worker = Worker(settings, classifier, metrics, health, watchdog=watchdog)
+        clean = worker.run()
+    except ConfigError as exc:
+        # A route the model cannot serve, or a client property librdkafka refused at start; nothing was
+        # consumed. hard_exit: a client already created must not hold the exit up in its destructor, and
+        # the interpreter's teardown (native libraries report leaks there) must not follow the last line.
+        hard_exit(2, f"worker: error: {exc}")
+        return 2  # not reached
     log.info("stopped", extra={"fields": {"clean": clean, "exit_code": worker.exit_code}})
     fatal = worker.fatal
     if fatal is not None and server is not None:
@@ -192,7 +199,10 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
             "docs/moderation.md)"
         )
     classifier.warm_up()
-    scored = score_rows(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
+    try:
+        scored = score_rows(classifier, rows, args.batch_messages, settings.sub_batch_max_tokens)
+    except ValueError as exc:  # the model does not fit the evaluation (e.g. not binary)
+        raise ConfigError(f"worker eval: {exc}") from None
     report = summarize(scored, args.thresholds or DEFAULT_THRESHOLDS, args.review_below)
     _finish_eval(classifier, report, args, format_report)
     if args.plots:

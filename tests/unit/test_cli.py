@@ -139,3 +139,78 @@ def test_signal_watcher_tells_a_hangup_from_a_stop():
         time.sleep(0.01)
     assert calls == ["reload", "reload", "stop", "reload", "exit"]
     writer.close()
+
+
+# --- issue 18 finding 8: setup errors are one line and exit 2, never a traceback ---
+
+UNKNOWN_LABEL_ROUTE = '[{"name": "flagged", "topic": "flagged", "labels": ["toxic"]}]'
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such file"),
+        ("", "expected header id, document, label"),
+        ("a\tb\n1\t2\n", "expected header id, document, label"),
+        ("id\tdocument\tlabel\n1\t좋아요\t7\n", "expected 3 columns with label 0 or 1"),
+        (b"id\tdocument\tlabel\n1\t\xff\xfe\t1\n", "not utf-8"),
+    ],
+)
+def test_eval_bad_input_is_one_line_and_exit_2(monkeypatch, tiny_model_dir, tmp_path, capsys, content, expected):
+    monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
+    path = tmp_path / "input.tsv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    assert main(["eval", str(path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("worker: error: ") and "input.tsv" in line and expected.lower() in line.lower(), line
+
+
+def test_eval_with_a_model_that_does_not_fit_is_one_line_and_exit_2(monkeypatch, tiny_model_dir, capsys):
+    from harness.paths import NSMC_SAMPLE
+    from worker import cli
+
+    class ThreeLabels:
+        labels = ("negative", "neutral", "positive")
+
+        def warm_up(self):
+            pass
+
+    monkeypatch.setenv("WORKER_MODEL", str(tiny_model_dir))
+    monkeypatch.setattr(cli, "load_classifier", lambda settings: ThreeLabels())
+    assert main(["eval", str(NSMC_SAMPLE), "--limit", "5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("worker: error: ") and "binary" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["run"], {"WORKER_ROUTES": UNKNOWN_LABEL_ROUTE}, "worker: error: WORKER_ROUTES: route 'flagged' names label(s) toxic"),
+        (["run"], {"WORKER_KAFKA_NO_SUCH_PROPERTY": "1"}, "worker: error: WORKER_KAFKA_NO_SUCH_PROPERTY: "),
+        (["eval", "missing.tsv"], {}, "worker: error: missing.tsv: "),
+    ],
+    ids=["route-label", "kafka-property", "eval-input"],
+)
+def test_setup_errors_end_the_process_with_one_line_and_exit_2(tiny_model_dir, tmp_path, args, env, expected):
+    """The process as an orchestrator sees it: exit 2, and stderr's last line says why (no traceback)."""
+    import os
+    from pathlib import Path
+
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+    child_env.update({"WORKER_MODEL": str(tiny_model_dir), "WORKER_DEVICE": "cpu", "WORKER_DTYPE": "float32",
+                      "WORKER_METRICS_PORT": "0", "WORKER_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                      # a named engine: `auto` would first measure the engines (minutes on a busy 2-vCPU machine)
+                      "WORKER_ENGINE": "torch",
+                      # the session's cache (tests/conftest.py): the tokenizer snapshot is prepared once, not per test
+                      "WORKER_ENGINE_CACHE_DIR": os.environ.get("WORKER_ENGINE_CACHE_DIR", str(tmp_path / "engines")),
+                      **env})
+    repo = Path(__file__).resolve().parents[2]
+    child_env["PYTHONPATH"] = os.pathsep.join([str(repo), child_env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=child_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-3000:]

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import re
 import socket
 import time
 from collections import deque
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition, libversion
 
-from worker.errors import EXIT_UNFINISHED
+from worker.errors import EXIT_UNFINISHED, ConfigError
 from worker.kafka_io.errors import classify, from_exception
 from worker.kafka_io.port import (
     ClientError,
@@ -28,7 +29,7 @@ from worker.kafka_io.port import (
     PartitionProgress,
 )
 from worker.policy import Action, ErrorKind, for_client_error
-from worker.settings import Settings
+from worker.settings import ENV_PREFIX, Settings
 from worker.watchdog import Watchdog
 from worker.wire.types import Headers, InputRecord
 
@@ -51,6 +52,16 @@ INIT_TRANSACTIONS_CHUNK_S = 5.0
 # Slack given to consume()/poll() beyond their own timeout before the watchdog calls them stuck;
 # a rebalance callback inside consume() may take the shutdown timeout on top of it.
 POLL_SLACK_S = 30.0
+# The next-generation group protocol (KIP-848) is GA from librdkafka 2.12 (hex 0xMMmmrrxx).
+CONSUMER_PROTOCOL_MIN_LIBRDKAFKA = (0x020C0000, "2.12.0")
+# Under group.protocol=consumer the broker owns these (KIP-848); librdkafka refuses them at start.
+BROKER_SIDE = {
+    "session.timeout.ms": "the group's group.consumer.session.timeout.ms (broker or group config)",
+    "heartbeat.interval.ms": "the group's group.consumer.heartbeat.interval.ms (broker or group config)",
+    "partition.assignment.strategy": "WORKER_KAFKA_CONSUMER_GROUP_REMOTE_ASSIGNOR (uniform or range)",
+    "group.protocol.type": "nothing (the protocol has no type)",
+}
+_PROPERTY = re.compile(r'[`"]([a-z][a-z0-9_.]*)(?:=[^`"]*)?[`"]')
 
 
 # confluent-kafka (2.16) decodes header names as UTF-8; for a name that is not, Message.headers() returns
@@ -116,6 +127,11 @@ def brokers_answering(stats_json: str, previous: dict[str, int]) -> bool:
     return answering
 
 
+def uses_consumer_protocol(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` asks for the next-generation group protocol (KIP-848)."""
+    return str(config.get("group.protocol", "classic")).strip().lower() == "consumer"
+
+
 def _partitions(positions: Mapping[Partition, int]) -> list[Any]:
     return [TopicPartition(t, p, o) for (t, p), o in positions.items()]
 
@@ -148,7 +164,6 @@ class KafkaClients:
             "bootstrap.servers": s.bootstrap_servers,
             "group.id": s.group_id,
             "auto.offset.reset": s.auto_offset_reset,
-            "partition.assignment.strategy": "cooperative-sticky",
             # Offsets are stored only once a record's results are acknowledged (OffsetTracker), and
             # librdkafka commits what is stored every second and when partitions are revoked or the
             # consumer closes. With transactions the offsets travel inside each transaction instead.
@@ -165,7 +180,12 @@ class KafkaClients:
             config["on_commit"] = self._commit_cb
         if s.statistics_interval_ms:
             config["stats_cb"] = self._stats_cb
-        config.update(s.librdkafka("consumer"))
+        user = s.librdkafka("consumer")
+        if not uses_consumer_protocol(user):
+            # Classic protocol: incremental rebalances, so a join or leave only stops the partitions that move.
+            # The consumer protocol (KIP-848) is incremental by design and refuses this property.
+            config["partition.assignment.strategy"] = "cooperative-sticky"
+        config.update(user)
         return config
 
     def producer_config(self, batch_limit: int | None = None) -> dict[str, Any]:
@@ -195,23 +215,66 @@ class KafkaClients:
     # --- lifecycle ---
     def start(self, destination_topics: Sequence[str] = ()) -> None:
         topics = list(dict.fromkeys([self._settings.output_topic, self._settings.dlq_topic, *destination_topics]))
+        try:
+            producer_limit = int(self._settings.librdkafka("producer").get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES))
+        except ValueError:
+            raise ConfigError(self._config_problem(
+                "producer", 'Invalid value for configuration property "message.max.bytes"')) from None
         topic_limits = self._read_topic_limits(topics)
-        producer_limit = int(self._settings.librdkafka("producer").get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES))
         for topic in topics:
             self._record_limits[topic] = min(producer_limit, topic_limits.get(topic, BROKER_MESSAGE_MAX_BYTES) - RECORD_BATCH_OVERHEAD)
         self._default_record_limit = min(producer_limit, BROKER_MESSAGE_MAX_BYTES - RECORD_BATCH_OVERHEAD)
         smallest = min(self._record_limits.values(), default=producer_limit)
         user_batch = "batch.size" in self._settings.librdkafka("producer")
-        self._producer = Producer(self.producer_config(None if user_batch or smallest >= producer_limit else smallest))
+        self._producer = self._create(
+            "producer", Producer, self.producer_config(None if user_batch or smallest >= producer_limit else smallest)
+        )
         if self.transactional:
             self._init_transactions()
         consumer_config = self.consumer_config()
-        self._cooperative = consumer_config["partition.assignment.strategy"] == "cooperative-sticky"
+        consumer_protocol = uses_consumer_protocol(consumer_config)
+        if consumer_protocol and libversion()[1] < CONSUMER_PROTOCOL_MIN_LIBRDKAFKA[0]:
+            raise ConfigError(
+                f"{ENV_PREFIX}KAFKA_CONSUMER_GROUP_PROTOCOL: group.protocol=consumer needs librdkafka "
+                f"{CONSUMER_PROTOCOL_MIN_LIBRDKAFKA[1]} or later (confluent-kafka 2.12+); this one is {libversion()[0]}"
+            )
+        # Both cooperative-sticky and the consumer protocol hand out and take back partitions incrementally.
+        self._cooperative = consumer_protocol or consumer_config.get("partition.assignment.strategy") == "cooperative-sticky"
         self.read_committed = consumer_config["isolation.level"] == "read_committed"
-        self._consumer = Consumer(consumer_config)
+        self._consumer = self._create("consumer", Consumer, consumer_config)
         self._consumer.subscribe(
             [self._settings.input_topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb, on_lost=self._lost_cb
         )
+
+    def _create(self, role: Literal["admin", "producer", "consumer"], factory: Any, config: dict[str, Any]) -> Any:
+        """A client from ``config``; a property librdkafka refuses is a ConfigError naming its variable."""
+        try:
+            return factory(config)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
+                raise KafkaCallError(f"{role} start", from_exception(exc)) from None
+            raise ConfigError(self._config_problem(role, error.str())) from None
+        except (TypeError, ValueError) as exc:  # a value of the wrong Python type
+            raise ConfigError(self._config_problem(role, str(exc))) from None
+
+    def _config_problem(self, role: str, message: str) -> str:
+        """``message`` led by the variable that set the property it names (or the property, if the worker set it)."""
+        message = message.removeprefix(f"Failed to create {role}: ")
+        named = _PROPERTY.findall(message)
+        if not named:
+            return f"Kafka {role} configuration: {message}"
+        own = {"consumer": self._settings.kafka_consumer, "producer": self._settings.kafka_producer}.get(role, {})
+        scopes = ((f"KAFKA_{role.upper()}_", own), ("KAFKA_", self._settings.kafka))
+        # The first property named that the user set (`transactional.id` requires `enable.idempotence=true`
+        # is about WORKER_KAFKA_PRODUCER_ENABLE_IDEMPOTENCE), else the first named (the worker set it).
+        prop, variable = named[0], named[0]
+        for candidate, (scope, values) in ((c, sv) for c in named for sv in scopes):
+            if candidate in values:
+                prop, variable = candidate, f"{ENV_PREFIX}{scope}{candidate.upper().replace('.', '_')}"
+                break
+        hint = BROKER_SIDE.get(prop) if role == "consumer" and "group.protocol=consumer" in message else None
+        return f"{variable}: {message}" + (f"; under group.protocol=consumer use {hint} instead" if hint else "")
 
     def _read_topic_limits(self, topics: list[str]) -> dict[str, int]:
         """Each topic's max.message.bytes, where the cluster lets us read it (else the default is assumed).
@@ -223,7 +286,7 @@ class KafkaClients:
 
         limits: dict[str, int] = {}
         missing: list[str] = []
-        admin = AdminClient(self.admin_config())
+        admin = self._create("admin", AdminClient, self.admin_config())
         deadline = time.monotonic() + ADMIN_TIMEOUT_S
         with self._watchdog.call("admin.describe_configs", 2 * ADMIN_TIMEOUT_S + 5):
             futures = admin.describe_configs(
