@@ -14,12 +14,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
 from worker.errors import WorkerError
 from worker.pipeline.batch import Window
 from worker.pipeline.intake import Entry
+from worker.tracing import NoTracing, Tracing
 from worker.wire.types import INFERENCE_ERROR, Rejection
 
 # A text every sentiment model classifies: when the model raises for some texts, it is tried
@@ -42,6 +43,7 @@ class WindowJob:
     real_tokens: int = 0
     padded_tokens: int = 0
     failures: dict[int, str] = field(default_factory=dict)
+    trace: Any = None  # the window's span when tracing is on; the inference span is its child
 
     @property
     def inference_s(self) -> float:
@@ -74,8 +76,10 @@ class InferenceThread:
         sub_batch_max_tokens: int,
         canary: Encoding,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self._classifier = classifier
+        self._tracing = tracing or NoTracing()
         self._sub_batch_max_tokens = sub_batch_max_tokens
         self._canary = canary
         self._clock = clock
@@ -96,9 +100,10 @@ class InferenceThread:
     def busy(self) -> bool:
         return self.in_flight > 0
 
-    def submit(self, window: Window[Entry]) -> None:
+    def submit(self, window: Window[Entry], trace: Any = None) -> None:
+        """Queue a closed window; ``trace`` is its span (tracing on), the parent of the inference span."""
         self.in_flight += 1
-        self._todo.put(WindowJob(window, dispatched_at=self._clock()))
+        self._todo.put(WindowJob(window, dispatched_at=self._clock(), trace=trace))
 
     def take(self, block_s: float = 0.0) -> list[WindowJob]:
         """Finished windows, oldest first; waits up to ``block_s`` for the first one."""
@@ -127,11 +132,13 @@ class InferenceThread:
             job.finished_at = job.started_at
             return
         encodings = [e.encoding for e in entries]
-        probabilities, failures, outcome = classify_isolating(
-            self._classifier, encodings, self._sub_batch_max_tokens  # type: ignore[arg-type]
-        )
-        if failures:
-            self._check_canary(failures)
+        # The window's span is handed over explicitly: the main thread's context does not cross threads.
+        with self._tracing.inference(job.trace, self._classifier.info, len(entries)):
+            probabilities, failures, outcome = classify_isolating(
+                self._classifier, encodings, self._sub_batch_max_tokens  # type: ignore[arg-type]
+            )
+            if failures:
+                self._check_canary(failures)
         job.finished_at = self._clock()
         labels = self._classifier.labels
         for entry, probs in zip(entries, probabilities):

@@ -40,6 +40,18 @@ from worker.wire.types import (
 RESULT, ROUTED, DEAD_LETTER = "result", "routed", "dead_letter"
 
 
+def with_trace(headers: Headers, trace_headers: Headers) -> Headers:
+    """``headers`` with the worker's trace headers in place of the input's ones of the same names.
+
+    With tracing on, the input's ``traceparent`` (copied through) gives way to one naming the
+    worker's span for the record; ``tracestate`` and ``baggage`` stay as the input had them.
+    """
+    if not trace_headers:
+        return headers
+    names = {name.lower() for name, _ in trace_headers}
+    return [(n, v) for n, v in headers if n.lower() not in names] + list(trace_headers)
+
+
 def render_record(
     item: Comment | Rejection,
     prediction: Prediction | None,
@@ -108,6 +120,7 @@ class Delivery:
     produced_at: float = 0.0
     pending: int = 0
     escalations: int = 0  # how often a message of it was refused for good and replaced by a dead letter
+    trace_headers: Headers = field(default_factory=list)  # the record's traceparent (tracing on), on every message
 
     @property
     def partition(self) -> tuple[str, int]:
@@ -144,21 +157,27 @@ class Renderer:
     def route_reserve(self) -> int:
         return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.rules.routes), default=0)
 
-    def render(self, entry: Entry, now_ms: float) -> Delivery:
-        """The result and its routed copies, or the dead letter, of one finished entry."""
+    def render(self, entry: Entry, now_ms: float, trace_headers: Headers | None = None) -> Delivery:
+        """The result and its routed copies, or the dead letter, of one finished entry.
+
+        ``trace_headers`` (tracing on: the record's ``traceparent``) go on every message, within the budget.
+        """
+        trace_headers = trace_headers or []
+        reserve = self.route_reserve + sum(header_size(n, v) for n, v in trace_headers)
         out = render_record(entry.item, entry.prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
-                            reserve_bytes=self.route_reserve, fields=self.fields)
+                            reserve_bytes=reserve, fields=self.fields)
+        headers = with_trace(out.headers, trace_headers)
         if out.reason is not None:
-            messages = [Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=out.reason)]
+            messages = [Message(self.dlq_topic, out.key, out.value, headers, DEAD_LETTER, reason=out.reason)]
         else:
             assert out.prediction is not None
             label = out.prediction.label
-            messages = [Message(self.output_topic, out.key, out.value, out.headers, RESULT, label=label)]
+            messages = [Message(self.output_topic, out.key, out.value, headers, RESULT, label=label)]
             for route in self.rules.matching(out.prediction):
-                routed_headers = [*out.headers, (ROUTE_HEADER, route.name.encode())]
+                routed_headers = [*headers, (ROUTE_HEADER, route.name.encode())]
                 messages.append(Message(route.topic, out.key, out.value, routed_headers, ROUTED, label=label,
                                         route=route.name))
-        return Delivery(entry.record, entry.epoch, messages, arrived_at=entry.arrived_at)
+        return Delivery(entry.record, entry.epoch, messages, arrived_at=entry.arrived_at, trace_headers=trace_headers)
 
     def replacement(self, delivery: Delivery, index: int, detail: str, now_ms: float) -> Message | None:
         """The dead letter that takes the place of ``delivery``'s message ``index``, refused for good.
@@ -169,16 +188,22 @@ class Renderer:
         """
         refused = delivery.messages[index]
         if refused.kind != DEAD_LETTER:
-            return self.dead_letter(delivery.source, PRODUCE_ERROR, detail, now_ms)
+            return self.dead_letter(delivery.source, PRODUCE_ERROR, detail, now_ms, trace_headers=delivery.trace_headers)
         if not refused.minimal:
             return self.dead_letter(delivery.source, refused.reason or PRODUCE_ERROR, detail, now_ms, minimal=True)
         return None
 
-    def dead_letter(self, record: InputRecord, reason: str, detail: str, now_ms: float, minimal: bool = False) -> Message:
-        """The dead letter of ``record``; ``minimal`` leaves out everything that could be refused."""
+    def dead_letter(self, record: InputRecord, reason: str, detail: str, now_ms: float, minimal: bool = False,
+                    trace_headers: Headers | None = None) -> Message:
+        """The dead letter of ``record``; ``minimal`` leaves out everything that could be refused (trace headers too)."""
         rejection = Rejection(record, reason, detail)
         if minimal:
             out = minimal_dead_letter(rejection)
+            headers = out.headers
         else:
-            out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.limit)
-        return Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=reason)
+            trace_headers = trace_headers or []
+            reserve = sum(header_size(n, v) for n, v in trace_headers)
+            out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.limit,
+                                     reserve_bytes=reserve)
+            headers = with_trace(out.headers, trace_headers)
+        return Message(self.dlq_topic, out.key, out.value, headers, DEAD_LETTER, reason=reason)
