@@ -178,3 +178,40 @@ def test_the_traceparent_fits_the_budget_of_a_record_at_the_limit():
 
     assert record_size(message.key, message.value, message.headers) <= 1000
     assert ("traceparent", mine[0][1]) in message.headers
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_the_loop_puts_each_records_span_into_what_it_produces(traced, delivery):
+    """The real Worker over the fake Kafka port, tracing on: every output names its record's span."""
+    from tests.unit.test_loop import T, finish, make_worker
+
+    tracing, exporter = traced
+    worker, fake = make_worker(partitions=2, delivery=delivery, batch_max_messages=3,
+                               routes=[{"name": "all", "topic": "all"}])
+    worker.tracing = tracing  # before start(): the model's thread takes it from the worker
+    sent = {}
+    for partition in (0, 1):
+        log = fake.input.setdefault(partition, [])
+        for offset, value in enumerate(["좋다".encode(), b"", "별로".encode()]):
+            parent = (f"{partition}{offset}".rjust(32, "a"), f"{partition}{offset}".rjust(16, "b"))
+            headers = [("traceparent", f"00-{parent[0]}-{parent[1]}-01".encode())]
+            log.append(InputRecord(T, partition, offset, f"{partition}-{offset}".encode(), value, headers, 1_000))
+            sent[f"{partition}-{offset}".encode()] = parent
+    finish(worker, fake)
+
+    spans = {format(s.context.span_id, "016x"): s for s in exporter.get_finished_spans()}
+    outputs = [*fake.visible("out"), *fake.visible("all"), *fake.visible("dlq")]
+    assert len(outputs) == 4 + 4 + 2
+    for message in outputs:
+        (traceparent,) = [v.decode() for n, v in message.headers if n == "traceparent"]
+        _, trace_id, span_id, _ = traceparent.split("-")
+        span = spans[span_id]
+        assert (trace_id, format(span.parent.span_id, "016x")) == sent[message.key]
+        assert span.attributes["messaging.kafka.offset"] == int(message.key.split(b"-")[1])
+    windows = [s for s in spans.values() if "messaging.batch.message_count" in s.attributes and s.name != "inference"]
+    linked = {(format(link.context.trace_id, "032x"), format(link.context.span_id, "016x"))
+              for w in windows for link in w.links}
+    assert linked == set(sent.values())
+    inference = [s for s in spans.values() if s.name == "inference"]
+    assert inference and all(format(s.parent.span_id, "016x") in {format(w.context.span_id, "016x") for w in windows}
+                             for s in inference)
