@@ -103,7 +103,7 @@ class NoTracing:
 
 
 class _NoRecordSpan:
-    headers: Headers = []
+    headers: Headers = []  # noqa: RUF012 - read only, shared by every no-op span
 
     def end(self, dead_letter_reason: str | None) -> None:
         pass
