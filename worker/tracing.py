@@ -26,13 +26,17 @@ decides only whether to build it at all.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, ContextManager, Mapping, Protocol, Sequence
+from urllib.parse import urlsplit
 
 from worker.errors import ConfigError
 from worker.wire.types import Headers, InputRecord
+
+log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 # A W3C traceparent is 55 ASCII bytes ("00-" + 32 hex + "-" + 16 hex + "-" + 2 hex).
@@ -168,6 +172,12 @@ def build_tracing(env: Mapping[str, str], consumer_group: str) -> Tracing:
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER(_ARG)
     for span_exporter in span_exporters:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))  # OTEL_BSP_* tune it
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "default"
+    url = urlsplit(endpoint)
+    if url.password is not None or url.username is not None:  # a user:password in the URL is not logged either
+        endpoint = url._replace(netloc=url.netloc.rsplit("@", 1)[-1]).geturl()
+    log.info("tracing on", extra={"fields": {  # never the exporter's headers: they may hold a key
+        "exporters": exporters, "endpoint": endpoint if "otlp" in exporters else None, "service": resource.attributes.get("service.name")}})
     return OtelTracing(provider, consumer_group)
 
 
