@@ -176,8 +176,9 @@ def build_tracing(env: Mapping[str, str], consumer_group: str) -> Tracing:
     url = urlsplit(endpoint)
     if url.password is not None or url.username is not None:  # a user:password in the URL is not logged either
         endpoint = url._replace(netloc=url.netloc.rsplit("@", 1)[-1]).geturl()
-    log.info("tracing on", extra={"fields": {  # never the exporter's headers: they may hold a key
-        "exporters": exporters, "endpoint": endpoint if "otlp" in exporters else None, "service": resource.attributes.get("service.name")}})
+    fields = {"exporters": exporters, "endpoint": endpoint if "otlp" in exporters else None,
+              "service": resource.attributes.get("service.name")}
+    log.info("tracing on", extra={"fields": fields})  # never the exporter's headers: they may hold a key
     return OtelTracing(provider, consumer_group)
 
 

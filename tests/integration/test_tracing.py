@@ -30,7 +30,8 @@ ENGINES = {"torch", "onnxruntime", "openvino"}
 
 def parse(traceparent: str) -> tuple[str, str]:
     version, trace_id, span_id, flags = traceparent.split("-")
-    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16 and int(flags, 16) & 1  # sampled (03: a trace id the SDK made random, W3C level 2)
+    # Sampled; 03 also says the SDK made the trace id random (W3C Trace Context level 2).
+    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16 and int(flags, 16) & 1
     return trace_id, span_id
 
 
