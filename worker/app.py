@@ -57,6 +57,7 @@ from worker.policy import AUTHENTICATION_CODES, DEAD_PRODUCER_REASONS, Action, C
 from worker.rules_file import RulesFile
 from worker.settings import Settings
 from worker.throttle import Throttle
+from worker.tracing import NoTracing, Tracing
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
 from worker.wire.framing import RegistryUnreachable, SchemaPort
 from worker.wire.routing import check_labels
@@ -118,6 +119,7 @@ class Worker:
         wall_clock: Callable[[], float] = time.time,
         watchdog: Watchdog | None = None,
         schemas: SchemaPort | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         try:
             check_labels(settings.routes, classifier.labels)
@@ -129,6 +131,7 @@ class Worker:
         self.health = health or Health(self.metrics)
         self._clock = clock
         self._wall_clock = wall_clock
+        self.tracing = tracing or NoTracing()
         self.watchdog = watchdog or Watchdog(on_overrun=overrun_handler(self.health), clock=clock)
         events = ClientEvents(
             self._on_assigned, self._on_revoked, self._on_lost, self._on_client_error, self._on_progress,
@@ -217,7 +220,8 @@ class Worker:
         if self.rules_file is not None:
             self.renderer.use(self.rules_file.load())
         canary: Encoding = self.classifier.encode([CANARY_TEXT])[0]
-        self.inference = InferenceThread(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
+        self.inference = InferenceThread(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock,
+                                         self.tracing)
         destinations = list(self.renderer.rules.topics)
         if self.settings.output_format != "json":
             self._register_result_schemas([self.settings.output_topic, *destinations])
@@ -395,6 +399,9 @@ class Worker:
             self._registry_down(taken.why or "unknown", f"decoding {len(taken.held)} records")
         elif self.schemas is not None:
             self._registry_up()
+        if self.tracing.enabled:  # tracing off: this check, once per poll, is all it costs
+            for entry in taken.entries:
+                entry.trace = self.tracing.extract(entry.record)
         for entry in taken.entries:
             record = entry.record
             partition = (record.topic, record.partition)
@@ -423,18 +430,30 @@ class Worker:
         for entry in window.items:
             batching.observe(window.closed_at - entry.arrived_at)
         assert self.inference is not None
-        self.inference.submit(window)
+        trace = None
+        if self.tracing.enabled:
+            trace = self.tracing.start_window([e.record for e in window.items], [e.trace for e in window.items])
+        self.inference.submit(window, trace)
 
     def _publish(self, finished: list[WindowJob]) -> None:
         for job in finished:
             self._observe_window(job)
             now_ms = self._wall_clock() * 1000
-            deliveries = [
-                self.renderer.render(entry, now_ms)
-                for entry in job.window.items
-                if self.epochs.is_current((entry.record.topic, entry.record.partition), entry.epoch)
-            ]
+            current = [e for e in job.window.items
+                       if self.epochs.is_current((e.record.topic, e.record.partition), e.epoch)]
+            if job.trace is None:
+                deliveries = [self.renderer.render(entry, now_ms) for entry in current]
+            else:
+                deliveries = [self._render_traced(job.trace, entry, now_ms) for entry in current]
+                self.tracing.end_window(job.trace)
             self._settle(self.publisher.publish(deliveries))
+
+    def _render_traced(self, window_trace: Any, entry: Entry, now_ms: float) -> Delivery:
+        """Render inside the record's span, whose id goes into the traceparent of every message it produces."""
+        span = self.tracing.start_record(window_trace, entry.trace, entry.record)
+        delivery = self.renderer.render(entry, now_ms, span.headers)
+        span.end(next((m.reason for m in delivery.messages if m.kind == DEAD_LETTER), None))
+        return delivery
 
     def _serve_publisher(self) -> None:
         """Let the publisher advance (reports, commits, retries); hand Kafka what is now committable."""

@@ -20,12 +20,14 @@ from worker.engines.loading import load_classifier
 from worker.errors import ConfigError, WorkerError
 from worker.evaluation import DEFAULT_REVIEW_BELOW, DEFAULT_THRESHOLDS
 from worker.logs import configure_logging
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, load_settings, otel_environment
 
 log = logging.getLogger("worker")
 
 # How far past WORKER_SHUTDOWN_TIMEOUT_S the process may run after SIGTERM before it is ended anyway.
 SHUTDOWN_MARGIN_S = 3.0
+# What the spans left at exit may take to reach the collector (within SHUTDOWN_MARGIN_S: the backstop waits no longer).
+TRACING_FLUSH_S = 2.0
 
 # The four example sentences of the document this project started from (its `pipeline()` example), in its order.
 SEED_SENTENCES = (
@@ -80,11 +82,13 @@ def cmd_run(settings: Settings) -> int:
     from worker.errors import EXIT_FATAL, EXIT_UNFINISHED
     from worker.health import Health
     from worker.metrics import WorkerMetrics
+    from worker.tracing import build_tracing
     from worker.watchdog import Watchdog, exit_line, hard_exit
 
     # Tokenization runs on the loop thread beside inference; the tokenizer's own thread pool would
     # compete with torch for the cores (measured: 582 vs 511 messages/s end to end on 2 cores).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tracing = build_tracing(otel_environment(), settings.group_id)  # a no-op unless OTEL_* asks for traces
     metrics = WorkerMetrics()
     health = Health(metrics)
     watchdog = Watchdog(on_overrun=overrun_handler(health))
@@ -127,7 +131,7 @@ def cmd_run(settings: Settings) -> int:
     metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
     try:
-        worker = Worker(settings, classifier, metrics, health, watchdog=watchdog)
+        worker = Worker(settings, classifier, metrics, health, watchdog=watchdog, tracing=tracing)
         clean = worker.run()
     except ConfigError as exc:
         # A route the model cannot serve, or a client property librdkafka refused at start; nothing was
@@ -135,6 +139,7 @@ def cmd_run(settings: Settings) -> int:
         # the interpreter's teardown (native libraries report leaks there) must not follow the last line.
         hard_exit(2, f"worker: error: {exc}")
         return 2  # not reached
+    tracing.shutdown(TRACING_FLUSH_S)
     log.info("stopped", extra={"fields": {"clean": clean, "exit_code": worker.exit_code}})
     fatal = worker.fatal
     if fatal is not None and server is not None:

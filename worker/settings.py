@@ -343,6 +343,11 @@ def _variable_name(loc: tuple[Any, ...]) -> str:
     return name
 
 
+def otel_environment() -> dict[str, str]:
+    """The standard ``OTEL_*`` variables (OpenTelemetry's own; :mod:`worker.tracing` decides from them, the SDK reads them)."""
+    return {name: value for name, value in os.environ.items() if name.startswith("OTEL_")}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment; invalid values raise one readable ConfigError."""
     try:

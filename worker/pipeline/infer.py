@@ -17,12 +17,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
 from worker.errors import WorkerError
 from worker.pipeline.batch import Window
 from worker.pipeline.intake import Entry
+from worker.tracing import NoTracing, Tracing
 from worker.wire.types import INFERENCE_ERROR, Rejection
 
 # A text every sentiment model classifies: when the model raises for some texts, it is tried
@@ -45,6 +46,7 @@ class WindowJob:
     real_tokens: int = 0
     padded_tokens: int = 0
     failures: dict[int, str] = field(default_factory=dict)
+    trace: Any = None  # the window's span when tracing is on; the inference span is its child
 
     @property
     def inference_s(self) -> float:
@@ -104,8 +106,10 @@ class InferenceThread:
         sub_batch_max_tokens: int,
         canary: Encoding,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self._classifier = classifier
+        self._tracing = tracing or NoTracing()
         self._sub_batch_max_tokens = sub_batch_max_tokens
         self._canary = canary
         self._clock = clock
@@ -130,9 +134,10 @@ class InferenceThread:
     def busy(self) -> bool:
         return self.in_flight > 0
 
-    def submit(self, window: Window[Entry]) -> None:
+    def submit(self, window: Window[Entry], trace: Any = None) -> None:
+        """Queue a closed window; ``trace`` is its span (tracing on), the parent of the inference span."""
         self.in_flight += 1
-        self._todo.put(WindowJob(window, dispatched_at=self._clock()))
+        self._todo.put(WindowJob(window, dispatched_at=self._clock(), trace=trace))
 
     def take(self, block_s: float = 0.0) -> list[WindowJob]:
         """Finished windows, oldest first; waits up to ``block_s`` for the first one."""
@@ -182,14 +187,16 @@ class InferenceThread:
         encodings = [e.encoding for e in entries]
         tokens = sum(len(e.ids) for e in encodings)  # type: ignore[union-attr]
         self._running = (job.started_at, tokens)
-        try:
-            probabilities, failures, outcome = classify_isolating(
-                self._classifier, encodings, self._sub_batch_max_tokens  # type: ignore[arg-type]
-            )
-            if failures:
-                self._check_canary(failures)
-        finally:
-            self._running = None
+        # The window's span is handed over explicitly: the main thread's context does not cross threads.
+        with self._tracing.inference(job.trace, self._classifier.info, len(entries)):
+            try:
+                probabilities, failures, outcome = classify_isolating(
+                    self._classifier, encodings, self._sub_batch_max_tokens  # type: ignore[arg-type]
+                )
+                if failures:
+                    self._check_canary(failures)
+            finally:
+                self._running = None
         job.finished_at = self._clock()
         if outcome is not None and outcome.padded_tokens:
             measured = job.inference_s / outcome.padded_tokens

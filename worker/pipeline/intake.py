@@ -58,6 +58,7 @@ class Entry:
     epoch: int = 0  # its partition's epoch when it was consumed (set by the loop)
     arrived_at: float = 0.0  # when it was consumed (the loop's clock)
     prediction: Prediction | None = None  # set by inference
+    trace: Any = None  # its trace context, when tracing is on (set by the loop; worker.tracing)
 
     @property
     def record(self) -> InputRecord:

@@ -42,6 +42,18 @@ from worker.wire.types import (
 RESULT, ROUTED, DEAD_LETTER = "result", "routed", "dead_letter"
 
 
+def with_trace(headers: Headers, trace_headers: Headers) -> Headers:
+    """``headers`` with the worker's trace headers in place of the input's ones of the same names.
+
+    With tracing on, the input's ``traceparent`` (copied through) gives way to one naming the
+    worker's span for the record; ``tracestate`` and ``baggage`` stay as the input had them.
+    """
+    if not trace_headers:
+        return headers
+    names = {name.lower() for name, _ in trace_headers}
+    return [(n, v) for n, v in headers if n.lower() not in names] + list(trace_headers)
+
+
 def render_record(
     item: Comment | Rejection,
     prediction: Prediction | None,
@@ -110,6 +122,7 @@ class Delivery:
     produced_at: float = 0.0
     pending: int = 0
     escalations: int = 0  # how often a message of it was refused for good and replaced by a dead letter
+    trace_headers: Headers = field(default_factory=list)  # the record's traceparent (tracing on), on every message
 
     @property
     def partition(self) -> tuple[str, int]:
@@ -160,30 +173,36 @@ class Renderer:
     def route_reserve(self) -> int:
         return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.rules.routes), default=0)
 
-    def render(self, entry: Entry, now_ms: float) -> Delivery:
-        """The result and its routed copies, or the dead letter, of one finished entry."""
+    def render(self, entry: Entry, now_ms: float, trace_headers: Headers | None = None) -> Delivery:
+        """The result and its routed copies, or the dead letter, of one finished entry.
+
+        ``trace_headers`` (tracing on: the record's ``traceparent``) go on every message, within the budget.
+        """
         version = self.version_header
+        trace_headers = trace_headers or []
+        reserve = self.route_reserve + header_size(*version) + sum(header_size(n, v) for n, v in trace_headers)
         out = render_record(entry.item, entry.prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
-                            reserve_bytes=self.route_reserve + header_size(*version), fields=self.fields)
-        headers = [*out.headers, version]
+                            reserve_bytes=reserve, fields=self.fields)
+        headers = [*with_trace(out.headers, trace_headers), version]
         if out.reason is not None:
             messages = [Message(self.dlq_topic, out.key, out.value, headers, DEAD_LETTER, reason=out.reason)]
         else:
             assert out.prediction is not None
             label = out.prediction.label
             routes = self.rules.matching(out.prediction)
-            values = self._encoded(out, [self.output_topic, *(r.topic for r in routes)])
+            values = self._encoded(out, headers, [self.output_topic, *(r.topic for r in routes)])
             if isinstance(values, Rejection):
-                return Delivery(entry.record, entry.epoch, [self.dead_letter(entry.record, values.reason, values.detail,
-                                                                             now_ms)], arrived_at=entry.arrived_at)
+                dead = self.dead_letter(entry.record, values.reason, values.detail, now_ms, trace_headers=trace_headers)
+                return Delivery(entry.record, entry.epoch, [dead], arrived_at=entry.arrived_at,
+                                trace_headers=trace_headers)
             messages = [Message(self.output_topic, out.key, values[self.output_topic], headers, RESULT, label=label)]
             for route in routes:
                 routed_headers = [*headers, (ROUTE_HEADER, route.name.encode())]
                 messages.append(Message(route.topic, out.key, values[route.topic], routed_headers, ROUTED, label=label,
                                         route=route.name))
-        return Delivery(entry.record, entry.epoch, messages, arrived_at=entry.arrived_at)
+        return Delivery(entry.record, entry.epoch, messages, arrived_at=entry.arrived_at, trace_headers=trace_headers)
 
-    def _encoded(self, out: Rendered, topics: list[str]) -> dict[str, bytes | None] | Rejection:
+    def _encoded(self, out: Rendered, headers: Headers, topics: list[str]) -> dict[str, bytes | None] | Rejection:
         """The result's value for each topic: the JSON itself, or encoded with each topic's result schema."""
         if self.encode is None:
             return {topic: out.value for topic in topics}
@@ -194,8 +213,8 @@ class Renderer:
                 values[topic] = self.encode(topic, document)
         except Exception as exc:  # noqa: BLE001 - this one result cannot be written: dead-letter it
             return Rejection(out.source, ENCODE_ERROR, f"result could not be encoded: {describe(exc)}")
-        size = record_size(out.key, values[self.output_topic], out.headers)
-        if size > self.limit - self.route_reserve - header_size(*self.version_header):
+        size = record_size(out.key, values[self.output_topic], headers)
+        if size > self.limit - self.route_reserve:
             return Rejection(out.source, TOO_LARGE, f"encoded result is {size} bytes, limit is {self.limit}")
         return values
 
@@ -208,18 +227,23 @@ class Renderer:
         """
         refused = delivery.messages[index]
         if refused.kind != DEAD_LETTER:
-            return self.dead_letter(delivery.source, PRODUCE_ERROR, detail, now_ms)
+            return self.dead_letter(delivery.source, PRODUCE_ERROR, detail, now_ms, trace_headers=delivery.trace_headers)
         if not refused.minimal:
             return self.dead_letter(delivery.source, refused.reason or PRODUCE_ERROR, detail, now_ms, minimal=True)
         return None
 
-    def dead_letter(self, record: InputRecord, reason: str, detail: str, now_ms: float, minimal: bool = False) -> Message:
-        """The dead letter of ``record``; ``minimal`` leaves out everything that could be refused."""
+    def dead_letter(self, record: InputRecord, reason: str, detail: str, now_ms: float, minimal: bool = False,
+                    trace_headers: Headers | None = None) -> Message:
+        """The dead letter of ``record``; ``minimal`` leaves out everything that could be refused (trace headers too)."""
         rejection = Rejection(record, reason, detail)
         if minimal:
             out = minimal_dead_letter(rejection)
-            return Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=reason)
-        version = self.version_header
-        out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.limit,
-                                 reserve_bytes=header_size(*version))
-        return Message(self.dlq_topic, out.key, out.value, [*out.headers, version], DEAD_LETTER, reason=reason)
+            headers = out.headers
+        else:
+            version = self.version_header
+            trace_headers = trace_headers or []
+            reserve = header_size(*version) + sum(header_size(n, v) for n, v in trace_headers)
+            out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.limit,
+                                     reserve_bytes=reserve)
+            headers = [*with_trace(out.headers, trace_headers), version]
+        return Message(self.dlq_topic, out.key, out.value, headers, DEAD_LETTER, reason=reason)
