@@ -47,13 +47,14 @@ from worker.pipeline.infer import CANARY_TEXT, InferenceThread, ModelBroken, Win
 from worker.pipeline.intake import Entry, decode_and_tokenize
 from worker.pipeline.publish import Published, make_publisher
 from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
+from worker.pipeline.shadow import Shadow, ShadowItem
 from worker.policy import DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
 from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
 from worker.wire.routing import check_labels
 from worker.wire.rules import rules_from
-from worker.wire.types import InputRecord
+from worker.wire.types import Comment, InputRecord
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         watchdog: Watchdog | None = None,
+        shadow: Classifier | None = None,
     ) -> None:
         check_labels(settings.routes, classifier.labels)
         self.settings = settings
@@ -119,7 +121,17 @@ class Worker:
             settings.max_message_bytes, settings.result_field_names,
         )
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),
-                                        clock, wall_clock)
+                                        clock, wall_clock, self._on_shadow_record)
+        self.shadow: Shadow | None = None
+        if shadow is not None:
+            assert settings.shadow_topic is not None  # the settings require it with a shadow model
+            topic = settings.shadow_topic
+            self.shadow = Shadow(
+                shadow, topic, self.model_ref["id"], lambda: self.renderer.rules,
+                lambda: min(self.renderer.limit, self.port.max_record_bytes(topic)), self.metrics,
+                settings.sub_batch_max_tokens, settings.shadow_max_failures, settings.shadow_window_timeout_s,
+                settings.shadow_max_behind_windows, settings.result_field_names, clock,
+            )
         self.backpressure = Backpressure(self.port, settings.max_in_flight_messages)
         self.inference: InferenceThread | None = None
         self.exit_code = EXIT_CLEAN
@@ -164,9 +176,12 @@ class Worker:
         self.health.set_phase("starting")
         canary: Encoding = self.classifier.encode([CANARY_TEXT])[0]
         self.inference = InferenceThread(self.classifier, self.settings.sub_batch_max_tokens, canary, self._clock)
-        self.port.start([route.topic for route in self.settings.routes])
+        shadow_topics = [self.shadow.topic] if self.shadow is not None else []
+        self.port.start([route.topic for route in self.settings.routes] + shadow_topics)
         self._started = True
         self.inference.start()
+        if self.shadow is not None:
+            self.shadow.start()
         self.health.set_phase("serving")
 
     def step(self) -> None:
@@ -189,6 +204,7 @@ class Worker:
         if self.batcher.is_due() and not inference.busy:
             self._dispatch()
         self._publish(inference.take())
+        self._publish_shadow()
         self._serve_publisher()
         in_flight = len(self.tracker)
         self.backpressure.update(in_flight)
@@ -202,6 +218,7 @@ class Worker:
         while True:
             self.health.beat()
             self._publish(inference.take(0.01 if inference.busy else 0.0))
+            self._publish_shadow()  # what the shadow has finished; it is not waited for
             self._serve_publisher()
             if not inference.busy and self.publisher.idle and len(self.tracker) == 0 and len(self.batcher) == 0:
                 return True
@@ -297,12 +314,28 @@ class Worker:
         for job in finished:
             self._observe_window(job)
             now_ms = self._wall_clock() * 1000
-            deliveries = [
-                self.renderer.render(entry, now_ms)
-                for entry in job.window.items
-                if self.epochs.is_current((entry.record.topic, entry.record.partition), entry.epoch)
-            ]
+            current = [e for e in job.window.items
+                       if self.epochs.is_current((e.record.topic, e.record.partition), e.epoch)]
+            deliveries = [self.renderer.render(entry, now_ms) for entry in current]
             self._settle(self.publisher.publish(deliveries))
+            if self.shadow is not None:
+                # Only the records whose result the primary produced: the shadow is compared with it.
+                self.shadow.offer([
+                    ShadowItem(entry.item, entry.prediction)
+                    for entry, delivery in zip(current, deliveries)
+                    if isinstance(entry.item, Comment) and entry.prediction is not None
+                    and delivery.messages[0].kind == RESULT
+                ])
+
+    def _publish_shadow(self) -> None:
+        """Shadow results finished since the last turn: to the producer, outside the offset accounting."""
+        if self.shadow is not None:
+            messages = self.shadow.collect(self._wall_clock() * 1000)
+            if messages:
+                self.publisher.publish_shadow(messages)
+
+    def _on_shadow_record(self, outcome: str) -> None:
+        self.metrics.shadow_records.labels(outcome=outcome).inc()
 
     def _serve_publisher(self) -> None:
         """Let the publisher advance (reports, commits, retries); hand Kafka what is now committable."""
@@ -474,6 +507,8 @@ class Worker:
     def _close(self, exit_code: int) -> None:
         if self.inference is not None:
             self.inference.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
         if self._started:
             assert self._deadline is not None
             self.port.close(max(0.5, self._deadline - self._clock()), exit_code=exit_code)
