@@ -118,7 +118,7 @@ class WorkerMetrics:
             "Records whose shadow label differs from the primary's, by pair of labels.", ["primary", "shadow"], registry=r,
         )
         self.shadow_score_diff = Histogram(
-            "worker_shadow_score_diff",
+            "worker_shadow_diff_score",
             "|primary's score of its label - the shadow's probability of that label|, per record.",
             buckets=SCORE_DIFF_BUCKETS, registry=r,
         )

@@ -114,8 +114,8 @@ def test_shadow_results_are_complete_and_separate_and_the_metrics_equal_the_topi
         (("primary", p), ("shadow", s)): float(n) for (p, s), n in flips.items()}
     assert samples_of(samples, "worker_shadow_category_agreement_total") == {
         (("category", c), ("outcome", o)): float(n) for (c, o), n in categories.items()}
-    assert metric(samples, "worker_shadow_score_diff_count") == COUNT
-    assert math.isclose(metric(samples, "worker_shadow_score_diff_sum"), sum(diffs), rel_tol=1e-6, abs_tol=1e-6)
+    assert metric(samples, "worker_shadow_diff_score_count") == COUNT
+    assert math.isclose(metric(samples, "worker_shadow_diff_score_sum"), sum(diffs), rel_tol=1e-6, abs_tol=1e-6)
     windows = samples_of(samples, "worker_shadow_windows_total")
     assert windows.get((("outcome", "dropped_behind"),), 0) == 0 and windows.get((("outcome", "failed"),), 0) == 0
     assert metric(samples, "worker_shadow_active") == 1
