@@ -203,3 +203,19 @@ def test_compare_uses_the_rules_thresholds_for_multi_label_and_the_winner_for_si
 def test_shadow_settings_are_checked(values, message):
     with pytest.raises(ConfigError, match=message):
         load_settings(**values)
+
+
+def test_a_shadow_model_that_cannot_load_is_switched_off_and_the_primary_serves(monkeypatch, caplog):
+    import worker.cli
+
+    def fails(settings):
+        raise OSError("no such model directory")
+
+    monkeypatch.setattr(worker.cli, "load_shadow_classifier", fails)
+    metrics = WorkerMetrics()
+    settings = Settings(shadow_model="/nowhere", shadow_topic="shadow", metrics_port=0)
+    assert worker.cli.shadow_classifier(settings, metrics) is None
+    assert metrics.registry.get_sample_value("worker_shadow_disabled_info", {"reason": "could not load /nowhere: "
+                                             "OSError: no such model directory"}) == 1
+    assert [r.message for r in caplog.records if "switched off" in r.message]
+    assert worker.cli.shadow_classifier(Settings(metrics_port=0), metrics) is None  # no shadow model: nothing to load
