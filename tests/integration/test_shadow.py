@@ -23,7 +23,7 @@ from harness.topics import create_topics
 pytestmark = pytest.mark.integration
 
 COUNT = 400
-STARTUP_S = 400  # two models to load (on a busy 2-vCPU machine each takes a minute or more)
+STARTUP_S = 600  # two models to load (on a busy 2-vCPU machine each takes a minute or more)
 
 
 @pytest.fixture(scope="module")
