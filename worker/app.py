@@ -53,6 +53,7 @@ from worker.pipeline.infer import CANARY_TEXT, InferenceThread, ModelBroken, Win
 from worker.pipeline.intake import Entry, take_in
 from worker.pipeline.publish import Published, make_publisher
 from worker.pipeline.render import DEAD_LETTER, RESULT, ROUTED, Delivery, Renderer
+from worker.pipeline.shadow import Shadow, ShadowItem
 from worker.policy import AUTHENTICATION_CODES, DEAD_PRODUCER_REASONS, Action, ClientError, exit_code_for, fatal_for, for_client_error
 from worker.rules_file import RulesFile
 from worker.settings import Settings
@@ -63,7 +64,7 @@ from worker.wire.framing import RegistryUnreachable, SchemaPort
 from worker.wire.routing import check_labels
 from worker.wire.rules import rules_from
 from worker.wire.sizes import record_size
-from worker.wire.types import InputRecord
+from worker.wire.types import Comment, InputRecord
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Worker:
         watchdog: Watchdog | None = None,
         schemas: SchemaPort | None = None,
         tracing: Tracing | None = None,
+        shadow: Classifier | None = None,
     ) -> None:
         try:
             check_labels(settings.routes, classifier.labels)
@@ -162,7 +164,17 @@ class Worker:
             self.metrics.rules_in_force(self.renderer.rules.version)
             self.metrics.rules_valid.set(1)
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),
-                                        clock, wall_clock, settings.transaction_timeout_s)
+                                        clock, wall_clock, settings.transaction_timeout_s, self._on_shadow_record)
+        self.shadow: Shadow | None = None
+        if shadow is not None:
+            assert settings.shadow_topic is not None  # the settings require it with a shadow model
+            topic = settings.shadow_topic
+            self.shadow = Shadow(
+                shadow, topic, self.model_ref["id"], lambda: self.renderer.rules,
+                lambda: min(self.renderer.limit, self.port.max_record_bytes(topic)), self.metrics,
+                settings.sub_batch_max_tokens, settings.shadow_max_failures, settings.shadow_window_timeout_s,
+                settings.shadow_max_behind_windows, settings.result_field_names, clock,
+            )
         self.backpressure = Backpressure(self.port, settings.max_in_flight_messages, settings.max_in_flight_bytes)
         self.inference: InferenceThread | None = None
         self.exit_code = EXIT_CLEAN
@@ -225,9 +237,12 @@ class Worker:
         destinations = list(self.renderer.rules.topics)
         if self.settings.output_format != "json":
             self._register_result_schemas([self.settings.output_topic, *destinations])
-        self.port.start(destinations)
+        shadow_topics = [self.shadow.topic] if self.shadow is not None else []
+        self.port.start(destinations + shadow_topics)
         self._started = True
         self.inference.start()
+        if self.shadow is not None:
+            self.shadow.start()
         self.health.set_phase("serving")
 
     def step(self) -> None:
@@ -258,6 +273,7 @@ class Worker:
         if self.batcher.is_due() and not inference.busy:
             self._dispatch()
         self._publish(inference.take())
+        self._publish_shadow()
         self._serve_publisher()
         in_flight = len(self.tracker)
         self.backpressure.update(in_flight, self.tracker.bytes, hold=bool(self._held))
@@ -293,6 +309,7 @@ class Worker:
         while True:
             self.health.beat()
             self._publish(inference.take(0.01 if inference.busy else 0.0))
+            self._publish_shadow()  # what the shadow has finished; it is not waited for
             self._serve_publisher()
             if not inference.busy and self.publisher.idle and len(self.tracker) == 0 and len(self.batcher) == 0:
                 # A replay (a timed-out delivery, an aborted transaction) empties the tracker too,
@@ -447,6 +464,24 @@ class Worker:
                 deliveries = [self._render_traced(job.trace, entry, now_ms) for entry in current]
                 self.tracing.end_window(job.trace)
             self._settle(self.publisher.publish(deliveries))
+            if self.shadow is not None:
+                # Only the records whose result the primary produced: the shadow is compared with it.
+                self.shadow.offer([
+                    ShadowItem(entry.item, entry.prediction)
+                    for entry, delivery in zip(current, deliveries)
+                    if isinstance(entry.item, Comment) and entry.prediction is not None
+                    and delivery.messages[0].kind == RESULT
+                ])
+
+    def _publish_shadow(self) -> None:
+        """Shadow results finished since the last turn: to the producer, outside the offset accounting."""
+        if self.shadow is not None:
+            messages = self.shadow.collect(self._wall_clock() * 1000)
+            if messages:
+                self.publisher.publish_shadow(messages)
+
+    def _on_shadow_record(self, outcome: str) -> None:
+        self.metrics.shadow_records.labels(outcome=outcome).inc()
 
     def _render_traced(self, window_trace: Any, entry: Entry, now_ms: float) -> Delivery:
         """Render inside the record's span, whose id goes into the traceparent of every message it produces."""
@@ -661,6 +696,8 @@ class Worker:
     def _close(self, exit_code: int) -> None:
         if self.inference is not None:
             self.inference.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
         if self._started:
             assert self._deadline is not None
             self.port.close(max(0.5, self._deadline - self._clock()), exit_code=exit_code)

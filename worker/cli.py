@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from worker.engines.base import Classifier
-from worker.engines.loading import load_classifier
+from worker.engines.loading import load_classifier, load_shadow_classifier
 from worker.errors import ConfigError, WorkerError
 from worker.evaluation import DEFAULT_REVIEW_BELOW, DEFAULT_THRESHOLDS
 from worker.logs import configure_logging
@@ -130,8 +130,9 @@ def cmd_run(settings: Settings) -> int:
     freeze_startup_heap()
     metrics.describe_model(classifier)
     log.info("model ready", extra={"fields": {"labels": classifier.labels, **classifier.info}})
+    shadow = shadow_classifier(settings, metrics)
     try:
-        worker = Worker(settings, classifier, metrics, health, watchdog=watchdog, tracing=tracing)
+        worker = Worker(settings, classifier, metrics, health, watchdog=watchdog, tracing=tracing, shadow=shadow)
         clean = worker.run()
     except ConfigError as exc:
         # A route the model cannot serve, or a client property librdkafka refused at start; nothing was
@@ -151,6 +152,25 @@ def cmd_run(settings: Settings) -> int:
     # block for minutes, and everything that matters was committed or abandoned above.
     hard_exit(worker.exit_code, exit_line(EXIT_FATAL, f"{fatal.reason}: {fatal.detail}") if fatal else None)
     return worker.exit_code  # not reached
+
+
+def shadow_classifier(settings: Settings, metrics: Any) -> Any:
+    """The shadow model, loaded and warmed up; None without one, or (one line, the metric set) when it cannot load:
+    the shadow decides nothing, so it never keeps the primary from serving."""
+    if settings.shadow_model is None:
+        return None
+    try:
+        shadow = load_shadow_classifier(settings)
+        assert shadow is not None
+        shadow.warm_up()
+    except Exception as exc:  # noqa: BLE001 - whatever the shadow does, the primary serves
+        reason = f"could not load {settings.shadow_model}: {type(exc).__name__}: {exc}"[:500]
+        metrics.shadow_disabled.info({"reason": reason})
+        log.error("shadow model switched off: %s; the primary goes on", reason)
+        return None
+    log.info("shadow model ready", extra={"fields": {"labels": shadow.labels, "topic": settings.shadow_topic,
+                                                     **shadow.info}})
+    return shadow
 
 
 def freeze_startup_heap() -> None:

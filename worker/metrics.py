@@ -17,6 +17,7 @@ INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 PER_MESSAGE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+SCORE_DIFF_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 SCORE_BUCKETS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -111,6 +112,39 @@ class WorkerMetrics:
         self.rules_info = Gauge(
             "worker_rules_info", "1 for the version of the rules in force (header worker.rules.version).", ["version"],
             registry=r,
+        )
+        # The shadow model (WORKER_SHADOW_MODEL): what became of its windows, and how it agrees with the primary.
+        self.shadow_active = Gauge("worker_shadow_active", "1 while a shadow model scores the stream.", registry=r)
+        self.shadow_disabled = Info(
+            "worker_shadow_disabled", "Why the shadow model was switched off (set once it is).", registry=r
+        )
+        self.shadow_windows = Counter(
+            "worker_shadow_windows",
+            "Windows offered to the shadow model: scored, dropped_behind (its queue was full) or failed (it raised).",
+            ["outcome"], registry=r,
+        )
+        self.shadow_records = Counter(
+            "worker_shadow_records",
+            "Shadow results: produced (handed to the producer), refused (by the producer or the broker), "
+            "unrenderable (the shadow's result could not be written).",
+            ["outcome"], registry=r,
+        )
+        self.shadow_compared = Counter(
+            "worker_shadow_compared", "Records scored by both models and compared (one per shadow result).", registry=r
+        )
+        self.shadow_flips = Counter(
+            "worker_shadow_label_flips",
+            "Records whose shadow label differs from the primary's, by pair of labels.", ["primary", "shadow"], registry=r,
+        )
+        self.shadow_score_diff = Histogram(
+            "worker_shadow_diff_score",
+            "|primary's score of its label - the shadow's probability of that label|, per record.",
+            buckets=SCORE_DIFF_BUCKETS, registry=r,
+        )
+        self.shadow_category_agreement = Counter(
+            "worker_shadow_category_agreement",
+            "Per category and record: both models decided the same (flagged or not; single-label: the winner) or not.",
+            ["category", "outcome"], registry=r,
         )
         self._lag_partitions: set[Partition] = set()
         self._rules_version: str | None = None

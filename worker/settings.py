@@ -225,6 +225,34 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     statistics_interval_ms: int = Field(5000, ge=0, description="librdkafka statistics period (feeds the lag gauge); 0 disables.")
 
+    # --- Shadow model ---
+    shadow_model: str | None = Field(
+        None,
+        description="A second model (hub id or local directory) that also scores every window; its results go to WORKER_SHADOW_TOPIC only, never to routes or in place of the primary's. Best effort: dropped for a window when it is behind, switched off after repeated failures.",
+    )
+    shadow_revision: str | None = Field(None, description="Hub revision of the shadow model.")
+    shadow_engine: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="Inference engine of the shadow model (as WORKER_ENGINE)."
+    )
+    shadow_dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+        "auto", description="Precision of the shadow model (as WORKER_DTYPE)."
+    )
+    shadow_threads: int = Field(
+        1, gt=0,
+        description="Intra-op threads of the shadow model, so it takes little from the primary (torch's thread count is process-wide: a torch shadow runs with the primary's).",
+    )
+    shadow_topic: str | None = Field(None, description="Topic of the shadow model's results; required with WORKER_SHADOW_MODEL.")
+    shadow_max_failures: int = Field(
+        3, gt=0, description="The shadow model is switched off after this many windows in a row failed."
+    )
+    shadow_max_behind_windows: int = Field(
+        2, gt=0,
+        description="Windows that may wait for the shadow model; a window that finds this many waiting is not scored by the shadow (counted as dropped_behind).",
+    )
+    shadow_window_timeout_s: float = Field(
+        60.0, gt=0, description="The shadow model is switched off when one window takes it longer than this."
+    )
+
     @field_validator("labels", mode="before")
     @classmethod
     def _split_labels(cls, value: Any) -> Any:
@@ -291,6 +319,14 @@ class Settings(BaseSettings):
             check_routes(self.routes, self.reserved_topics)
         except ValueError as exc:
             raise ValueError(f"WORKER_ROUTES: {exc}") from None
+        if self.shadow_model is not None and self.shadow_topic is None:
+            raise ValueError("WORKER_SHADOW_TOPIC is required with WORKER_SHADOW_MODEL")
+        if self.shadow_topic is not None:
+            if self.shadow_model is None:
+                raise ValueError("WORKER_SHADOW_TOPIC is set but WORKER_SHADOW_MODEL is not")
+            taken = (self.input_topic, self.output_topic, self.dlq_topic, *(r.topic for r in self.routes))
+            if self.shadow_topic in taken:
+                raise ValueError("WORKER_SHADOW_TOPIC must differ from the input, output, dead-letter and route topics")
         return self
 
     @classmethod

@@ -4,6 +4,7 @@
 MODE ``always``: every prediction raises, as when a device is lost or memory runs out after start-up.
 MODE ``poison``: a prediction raises only when its batch holds the text in ``$FAULTY_MODEL_POISON``,
 as with one input that trips a bug in the model.
+MODE ``shadow``: the primary is sound; the shadow model (WORKER_SHADOW_MODEL) fails for every input.
 
 The fault lives here, in the test harness; the worker's code has no hook for it.
 """
@@ -44,11 +45,15 @@ def break_after_warm_up(classifier: Any, mode: str, poison: str) -> Any:
 
 def main(argv: Sequence[str]) -> int:
     (mode,) = argv
-    if mode not in ("always", "poison"):
-        raise SystemExit(f"usage: python -m tests.integration.faulty_model always|poison (not {mode!r})")
+    if mode not in ("always", "poison", "shadow"):
+        raise SystemExit(f"usage: python -m tests.integration.faulty_model always|poison|shadow (not {mode!r})")
     poison = os.environ.get("FAULTY_MODEL_POISON", "")
     if mode == "poison" and not poison:
         raise SystemExit("poison mode needs $FAULTY_MODEL_POISON")
+    if mode == "shadow":
+        load_shadow = worker.cli.load_shadow_classifier
+        worker.cli.load_shadow_classifier = lambda settings: break_after_warm_up(load_shadow(settings), "always", "")
+        return worker.cli.main(["run"])
     load = worker.cli.load_classifier
     worker.cli.load_classifier = lambda settings: break_after_warm_up(load(settings), mode, poison)
     return worker.cli.main(["run"])

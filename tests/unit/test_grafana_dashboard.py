@@ -47,6 +47,14 @@ METRICS = {
     "worker_blocked": "gauge",
     "worker_routed_total": "counter",
     "worker_stage_seconds": "histogram",
+    "worker_shadow_active": "gauge",
+    "worker_shadow_disabled_info": "info",
+    "worker_shadow_windows_total": "counter",
+    "worker_shadow_records_total": "counter",
+    "worker_shadow_compared_total": "counter",
+    "worker_shadow_label_flips_total": "counter",
+    "worker_shadow_diff_score": "histogram",
+    "worker_shadow_category_agreement_total": "counter",
 }
 
 

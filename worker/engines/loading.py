@@ -215,3 +215,33 @@ def measure_and_choose(
     report = SelectionReport(chosen.candidate, measurements, "measured", seconds=round(time.perf_counter() - started, 1),
                              texts=len(encodings))
     return report, make(chosen.candidate)
+
+
+def shadow_settings(settings: Any) -> Any:
+    """The settings of the shadow model: the primary's, with the shadow's model, revision, engine, precision, threads.
+
+    The label overrides are the primary's own and do not apply; torch.compile is off (start-up time for a
+    model that decides nothing).
+    """
+    return settings.model_copy(update={
+        "model": settings.shadow_model, "model_revision": settings.shadow_revision, "engine": settings.shadow_engine,
+        "dtype": settings.shadow_dtype, "torch_threads": settings.shadow_threads, "compile": "off",
+        "labels": None, "positive_index": None,
+    })
+
+
+def load_shadow_classifier(settings: Any) -> Classifier | None:
+    """The shadow model of ``WORKER_SHADOW_MODEL`` (None without one), built as :func:`load_classifier` builds the primary.
+
+    torch's intra-op thread count is one per process: loading a torch shadow must not take the
+    primary's threads away, so the count is put back afterwards (a torch shadow then runs with it).
+    """
+    if settings.shadow_model is None:
+        return None
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    classifier = load_classifier(shadow_settings(settings))
+    torch = sys.modules.get("torch")
+    if torch is not None and threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return classifier

@@ -17,6 +17,12 @@ owned and not rewound since it was consumed.
 
 What a refused message or a failed call means (dead letter, abort, call again, fatal) is
 :mod:`worker.policy`'s; the dead letter that replaces a refused message is :mod:`.render`'s.
+
+Shadow results (:mod:`.shadow`, :meth:`~Publisher.publish_shadow`) are produced best effort and
+outside that accounting: no delivery waits for them, a refused one is only counted and dropped, and
+a full local queue drops them instead of waiting. At least once, they are produced at once; exactly
+once, they travel in the next transaction the publisher begins (one of their own when no window is
+waiting), so they are committed with it, or lost with it when it aborts.
 """
 
 from __future__ import annotations
@@ -50,6 +56,16 @@ TXN_CALL_TIMEOUT_S = 10.0
 DEFAULT_TXN_TIMEOUT_S = 60.0
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 QUEUE_FULL_WAIT_S = 0.05
+# Exactly once, shadow results ride in the primary's next transaction; only when none has begun for
+# this long do they get one of their own (a commit of their own costs the main thread a round trip).
+SHADOW_TXN_WAIT_S = 0.5
+
+
+@dataclass(frozen=True)
+class _Unaccounted:
+    """The token of a shadow result: its delivery report is counted, never waited for."""
+
+    message: Message
 
 
 @dataclass
@@ -64,6 +80,8 @@ class Publisher(Protocol):
     deadline: float | None  # set by the loop during a drain: every wait inside a call keeps to it
 
     def publish(self, deliveries: list[Delivery]) -> Published: ...
+
+    def publish_shadow(self, messages: list[Message]) -> None: ...
 
     def step(self) -> Published: ...
 
@@ -91,8 +109,10 @@ class _Producing:
     transactional = False
 
     def __init__(self, port: KafkaPort, renderer: Renderer, is_current: Callable[[Delivery], bool],
-                 beat: Callable[[], None], clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
+                 beat: Callable[[], None], clock: Callable[[], float], wall_clock: Callable[[], float],
+                 on_shadow: Callable[[str], None] = lambda outcome: None) -> None:
         self._port = port
+        self._on_shadow = on_shadow  # "produced" (handed to the producer) or "refused"
         self._renderer = renderer
         self._is_current = is_current
         self._beat = beat  # keeps the loop's heartbeat while a call waits
@@ -161,6 +181,25 @@ class _Producing:
     def _out_of_time(self, doing: str) -> None:
         raise NotImplementedError
 
+    def _produce_unaccounted(self, messages: list[Message]) -> None:
+        """Shadow results: produced once, never waited for; a refusal or a full queue only drops and counts them."""
+        for message in messages:
+            try:
+                self._port.produce(message.topic, message.key, message.value, message.headers, _Unaccounted(message))
+            except (BufferError, KafkaCallError) as exc:
+                self._on_shadow("refused")
+                log.debug("shadow result dropped: %s", exc)
+                continue
+            self._on_shadow("produced")
+
+    def _unaccounted(self, token: object, error: ClientError | None) -> bool:
+        """True for a shadow result's report (counted here when it failed): no delivery waits for it."""
+        if not isinstance(token, _Unaccounted):
+            return False
+        if error is not None:
+            self._on_shadow("refused")
+        return True
+
     def _replacement(self, delivery: Delivery, index: int, error: ClientError) -> Message:
         """The dead letter that takes the place of a message the broker refused for good."""
         refused = delivery.messages[index]
@@ -201,6 +240,9 @@ class AtLeastOncePublisher(_Producing):
 
         return self._finishing(work)
 
+    def publish_shadow(self, messages: list[Message]) -> None:
+        self._produce_unaccounted(messages)
+
     def step(self) -> Published:
         def work() -> None:
             self._port.serve(0)
@@ -229,7 +271,10 @@ class AtLeastOncePublisher(_Producing):
         # Only acknowledgements count now: a failed report would need a dead letter or a replay,
         # and the worker is stopping; those records are read again.
         while self._unhandled:
-            (tag, delivery, _), error = self._unhandled.popleft()
+            token, error = self._unhandled.popleft()
+            if self._unaccounted(token, error):
+                continue
+            tag, delivery, _ = token
             if error is None and tag == self._tag and self._is_current(delivery):
                 delivery.pending -= 1
                 if delivery.pending == 0:
@@ -241,7 +286,10 @@ class AtLeastOncePublisher(_Producing):
         # acknowledgements after it still count (salvage).
         self._unhandled.extend(self._port.take_reports())
         while self._unhandled:
-            (tag, delivery, index), error = self._unhandled.popleft()
+            token, error = self._unhandled.popleft()
+            if self._unaccounted(token, error):
+                continue
+            tag, delivery, index = token
             if tag != self._tag or not self._is_current(delivery):
                 continue  # from before a replay or a revocation: the record is being redone elsewhere
             if error is None:
@@ -284,6 +332,8 @@ class TransactionalPublisher(_Producing):
         super().__init__(*args, **kwargs)
         self._txn_timeout_s = txn_timeout_s
         self._waiting: deque[list[Delivery]] = deque()
+        self._shadow: list[Message] = []  # shadow results for the next transaction
+        self._shadow_since = 0.0  # when the oldest of them arrived
         self._txn: list[Delivery] = []
         self._state = IDLE
         self._since = 0.0  # when the current commit or abort started
@@ -299,12 +349,17 @@ class TransactionalPublisher(_Producing):
 
     @property
     def idle(self) -> bool:
-        return self._state == IDLE and not self._waiting
+        return self._state == IDLE and not self._waiting and not self._shadow
 
     def publish(self, deliveries: list[Delivery]) -> Published:
         if deliveries:
             self._waiting.append(deliveries)
         return self._finishing(self._advance)
+
+    def publish_shadow(self, messages: list[Message]) -> None:
+        if messages and not self._shadow:
+            self._shadow_since = self._clock()
+        self._shadow.extend(messages)  # produced by the next transaction begun
 
     def step(self) -> Published:
         return self._finishing(self._advance)
@@ -322,7 +377,7 @@ class TransactionalPublisher(_Producing):
                 self._try_commit() if self._state == COMMITTING else self._try_abort()
                 if self._state != IDLE:
                     return
-            if not self._waiting:
+            if not self._waiting and not (self._shadow and self._clock() - self._shadow_since >= SHADOW_TXN_WAIT_S):
                 return
             self._begin()
 
@@ -330,7 +385,8 @@ class TransactionalPublisher(_Producing):
     def _begin(self) -> None:
         deliveries = [d for batch in self._waiting for d in batch if self._is_current(d)]
         self._waiting.clear()
-        if not deliveries:
+        shadow, self._shadow = self._shadow, []
+        if not deliveries and not shadow:
             return
         self._tag += 1
         try:
@@ -345,7 +401,9 @@ class TransactionalPublisher(_Producing):
             for delivery in deliveries:
                 self._apply_refusals(delivery)
                 self._produce_all(delivery)
-            self._send_offsets(self._positions())
+            self._produce_unaccounted(shadow)
+            if deliveries:
+                self._send_offsets(self._positions())
         except _Abort as abort:
             self._start_abort(abort.reason)
             return
@@ -431,7 +489,10 @@ class TransactionalPublisher(_Producing):
     def _note_refusals(self) -> None:
         """What the delivery reports of the failed transaction say about its records."""
         self._port.serve(0)
-        for (tag, delivery, index), error in self._port.take_reports():
+        for token, error in self._port.take_reports():
+            if self._unaccounted(token, error):
+                continue
+            tag, delivery, index = token
             if tag != self._tag or error is None:
                 continue
             action = for_delivery_report(error)
@@ -476,6 +537,7 @@ class TransactionalPublisher(_Producing):
 
         def work() -> None:
             self._waiting.clear()
+            self._shadow.clear()
             if self._state == COMMITTING:
                 self._start_abort("given up at the deadline")
             while self._state == ABORTING and self._clock() < deadline:
@@ -496,8 +558,10 @@ class _Abort(Exception):
 
 def make_publisher(port: KafkaPort, renderer: Renderer, is_current: Callable[[Delivery], bool],
                    beat: Callable[[], None], clock: Callable[[], float], wall_clock: Callable[[], float],
-                   txn_timeout_s: float = DEFAULT_TXN_TIMEOUT_S) -> Publisher:
+                   txn_timeout_s: float = DEFAULT_TXN_TIMEOUT_S,
+                   on_shadow: Callable[[str], None] = lambda outcome: None) -> Publisher:
     """The publisher for the port's delivery mode: the only place that tells the two apart."""
     if port.transactional:
-        return TransactionalPublisher(port, renderer, is_current, beat, clock, wall_clock, txn_timeout_s=txn_timeout_s)
-    return AtLeastOncePublisher(port, renderer, is_current, beat, clock, wall_clock)
+        return TransactionalPublisher(port, renderer, is_current, beat, clock, wall_clock, on_shadow,
+                                      txn_timeout_s=txn_timeout_s)
+    return AtLeastOncePublisher(port, renderer, is_current, beat, clock, wall_clock, on_shadow)

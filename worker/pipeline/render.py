@@ -40,6 +40,8 @@ from worker.wire.types import (
 )
 
 RESULT, ROUTED, DEAD_LETTER = "result", "routed", "dead_letter"
+# A shadow model's result (worker.pipeline.shadow): produced best effort, outside the offset accounting.
+SHADOW = "shadow"
 
 
 def with_trace(headers: Headers, trace_headers: Headers) -> Headers:
@@ -100,7 +102,7 @@ class Message:
     key: bytes | None
     value: bytes | None
     headers: Headers
-    kind: str  # RESULT, ROUTED or DEAD_LETTER
+    kind: str  # RESULT, ROUTED, DEAD_LETTER or SHADOW
     reason: str | None = None  # the dead-letter reason
     label: str | None = None
     route: str | None = None
