@@ -199,21 +199,23 @@ class ReplayRun:
         """(exit code, tally): 0 when everything selected was replayed (or, dry, described);
         :data:`EXIT_UNFINISHED` when a delivery failed or the cluster stopped answering."""
         tally = Tally()
-        snapshot = self._snapshot(self.dlq_topic, "dead-letter")
-        partitions = 0
-        if not self.dry_run:
-            partitions = self.port.partition_count(self.to_topic, self.timeout_s) or 0
-            if not partitions:
-                raise ConfigError(f"worker replay: destination topic {self.to_topic!r} does not exist")
+        code = EXIT_CLEAN
         try:
+            snapshot = self._snapshot(self.dlq_topic, "dead-letter")
+            partitions = 0
+            if not self.dry_run:
+                partitions = self.port.partition_count(self.to_topic, self.timeout_s) or 0
+                if not partitions:
+                    raise ConfigError(f"worker replay: destination topic {self.to_topic!r} does not exist")
             self.port.start_reading(snapshot)
             code = self._copy(snapshot, partitions, tally)
-        except KafkaCallError as exc:
+        except KafkaCallError as exc:  # the cluster did not answer, or refused: what was produced is reported
             tally.first_failure = tally.first_failure or str(exc)
             code = EXIT_UNFINISHED
-        if not self.dry_run:
-            code = max(code, self._finish_deliveries(tally))
-        self.port.close(self.timeout_s)
+        finally:
+            if not self.dry_run:
+                code = max(code, self._finish_deliveries(tally))
+            self.port.close(self.timeout_s)
         return code, tally
 
     def _snapshot(self, topic: str, role: str) -> TopicSnapshot:

@@ -285,3 +285,10 @@ def test_bad_times_and_destinations_exit_2_before_any_kafka_call(argv, message, 
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(message)
+
+
+def test_an_unreachable_cluster_ends_the_replay_with_exit_3_and_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("WORKER_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing listens there
+    assert main(["replay", "--timeout", "2"]) == EXIT_UNFINISHED
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("worker: error: the replay did not finish: list_topics failed: ")
