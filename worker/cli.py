@@ -245,14 +245,21 @@ def _reason(value: str) -> str:
     return value
 
 
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < number <= 3600:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 3600]: {value!r}")
-    return number
+def _number(within: Callable[[float], bool], bounds: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not within(number):
+            raise argparse.ArgumentTypeError(f"must lie in {bounds}: {value!r}")
+        return number
+
+    return parse
+
+
+_seconds = _number(lambda n: 0 < n <= 3600, "(0, 3600]")
+_probability = _number(lambda n: 0.5 <= n <= 1, "[0.5, 1] (a binary model's winning score)")
 
 
 def _thresholds(value: str) -> tuple[float, ...]:
@@ -263,16 +270,6 @@ def _thresholds(value: str) -> tuple[float, ...]:
     if not thresholds or not all(0 <= t <= 1 for t in thresholds):
         raise argparse.ArgumentTypeError(f"thresholds must lie in [0, 1]: {value!r}")
     return thresholds
-
-
-def _probability(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0.5 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0.5, 1] (a binary model's winning score): {value!r}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -161,7 +161,7 @@ def describe(tally: Tally, to_topic: str, dry_run: bool) -> list[str]:
         lines.append("dry run: nothing was produced")
         if tally.selected:
             lines.append(f"{'reason':<18} {'source partition':>16} {'dead letters':>12}")
-            for (reason, partition), count in sorted(tally.selected.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
+            for (reason, partition), count in sorted(tally.selected.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
                 lines.append(f"{reason:<18} {'-' if partition is None else partition:>16} {count:>12}")
         for letter, view in tally.samples:
             lines.append(
@@ -260,6 +260,7 @@ class ReplayRun:
                     if tally.failed:
                         return EXIT_UNFINISHED  # stop producing; what was delivered is reported
                 bar.set_postfix(replayed=tally.replayed, skipped=sum(tally.skipped.values()), refresh=False)
+            bar.total = bar.n  # the end offsets counted transaction markers too; every record is read
         return EXIT_CLEAN
 
     def _produce(self, letter: InputRecord, view: DeadLetterView, partitions: int) -> None:

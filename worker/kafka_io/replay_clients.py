@@ -24,7 +24,7 @@ from confluent_kafka import (
 )
 
 from worker.errors import EXIT_UNFINISHED
-from worker.kafka_io.clients import _to_record
+from worker.kafka_io.clients import _LIBRDKAFKA_LOG, _to_record
 from worker.kafka_io.errors import classify, from_exception
 from worker.kafka_io.port import DeliveryReport, KafkaCallError
 from worker.policy import ClientError, ErrorKind
@@ -33,7 +33,6 @@ from worker.watchdog import Watchdog
 from worker.wire.types import Headers, InputRecord
 
 log = logging.getLogger(__name__)
-_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 # Slack given to a client call beyond its own timeout before the watchdog calls it stuck.
 CALL_SLACK_S = 10.0
