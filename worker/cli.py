@@ -1,4 +1,4 @@
-"""Command line: ``worker run``, ``worker classify TEXT...``, ``worker eval FILE``."""
+"""Command line: ``worker run``, ``worker classify TEXT...``, ``worker eval FILE``, ``worker replay``."""
 
 from __future__ import annotations
 
@@ -321,6 +321,70 @@ def _category_thresholds(value: str) -> dict[str, float]:
     return thresholds
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from worker.errors import ConfigError
+    from worker.kafka_io.replay_clients import ReplayClients
+    from worker.replay import ReplayRun, Selection, describe, parse_time
+    from worker.watchdog import Watchdog
+
+    now = datetime.now(timezone.utc)
+    try:
+        since = parse_time(args.since, now) if args.since else None
+        until = parse_time(args.until, now) if args.until else None
+    except ValueError as exc:
+        raise ConfigError(f"worker replay: --since/--until: {exc}") from None
+    if since is not None and until is not None and since >= until:
+        raise ConfigError("worker replay: --since must be before --until")
+    to_topic = args.to or settings.input_topic
+    if to_topic == settings.dlq_topic:
+        raise ConfigError(f"worker replay: --to {to_topic} is the dead-letter topic itself")
+    selection = Selection(
+        reasons=frozenset(args.reason or ()),
+        partitions=frozenset(args.partition or ()),
+        since=since,
+        until=until,
+        # Without --to, only dead letters of this worker's input go back to it.
+        source_topic=None if args.to else settings.input_topic,
+        include_cut=args.include_cut,
+        limit=args.limit,
+    )
+    watchdog = Watchdog()
+    watchdog.start()
+    run = ReplayRun(ReplayClients(settings, watchdog), settings.dlq_topic, to_topic, selection,
+                    dry_run=args.dry_run, timeout_s=args.timeout)
+    code, tally = run.run()
+    for line in describe(tally, to_topic, args.dry_run):
+        print(line)
+    if code:
+        print(f"worker: error: the replay did not finish: {tally.first_failure}; "
+              f"{tally.delivered} of {tally.replayed} replayed records delivered", file=sys.stderr)
+    watchdog.stop()
+    return code
+
+
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {value!r}")
+        return number
+
+    return parse
+
+
+def _reason(value: str) -> str:
+    from worker.wire.types import DEAD_LETTER_REASONS
+
+    if value not in DEAD_LETTER_REASONS:
+        raise argparse.ArgumentTypeError(f"unknown reason {value!r}; choose from {', '.join(DEAD_LETTER_REASONS)}")
+    return value
+
+
 def _thresholds(value: str) -> tuple[float, ...]:
     try:
         thresholds = tuple(sorted(float(part) for part in value.split(",") if part.strip()))
@@ -349,6 +413,7 @@ def _number_between(low: float, high: float, low_included: bool = True, why: str
 
 _probability = _number_between(0.5, 1, why=" (a binary model's winning score)")
 _target_precision = _number_between(0, 1, low_included=False)
+_seconds = _number_between(0, 3600, low_included=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,6 +482,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--plots", type=Path, default=None, metavar="DIR", help="write PNG charts here (needs matplotlib)"
     )
+    replay = commands.add_parser(
+        "replay",
+        help="put dead letters back into a topic (the input topic by default); never deletes any",
+        description="Read WORKER_DLQ_TOPIC from its beginning to where it ends now (no consumer group joined, "
+        "nothing committed or deleted) and produce the original key, value and headers of the selected dead "
+        "letters, byte for byte, with an idempotent producer. Connection settings are the worker's WORKER_* "
+        "variables. Without --to, dead letters of WORKER_INPUT_TOPIC go back to it, each into the partition "
+        "it came from.",
+    )
+    replay.add_argument("--reason", action="append", type=_reason, metavar="KIND",
+                        help="only dead letters with this worker.error.kind (repeatable), e.g. missing_text")
+    replay.add_argument("--partition", action="append", type=_whole_number(0), metavar="N",
+                        help="only dead letters from this source partition (worker.source.partition; repeatable)")
+    replay.add_argument("--since", metavar="TIME",
+                        help="only dead letters that failed at or after TIME (worker.failed.at): ISO 8601 "
+                        "(UTC without a zone) or a time ago: 90s, 30m, 2h, 7d")
+    replay.add_argument("--until", metavar="TIME", help="only dead letters that failed before TIME (as --since)")
+    replay.add_argument("--limit", type=_whole_number(1), metavar="N", help="replay at most N dead letters, oldest first")
+    replay.add_argument("--to", metavar="TOPIC",
+                        help="write to TOPIC, dead letters of any source topic (default: WORKER_INPUT_TOPIC, "
+                        "only dead letters that came from it)")
+    replay.add_argument("--include-cut", action="store_true",
+                        help="also replay cut copies (dead letters whose value, headers or key were cut to fit): "
+                        "what they kept, not the original")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="say what would be replayed (per reason and source partition, a few samples); "
+                        "produce nothing")
+    replay.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                        help="give up when the cluster does not answer for this long at any step (default 30)")
     return parser
 
 
@@ -429,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(settings)
         if args.command == "classify":
             return cmd_classify(settings, args.texts, args.json)
+        if args.command == "replay":
+            return cmd_replay(settings, args)
         return cmd_eval(settings, args)
     except WorkerError as exc:
         print(f"worker: error: {exc}", file=sys.stderr)

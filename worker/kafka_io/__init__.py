@@ -1,7 +1,8 @@
 """Kafka I/O: the port the worker talks to, its confluent-kafka adapter, and offset bookkeeping.
 
-This package is the only place that imports ``confluent_kafka`` (in :mod:`.clients` and
-:mod:`.errors`); the rest of the worker sees :mod:`.port`'s plain types and
+This package is the only place that imports ``confluent_kafka`` (in :mod:`.clients`,
+:mod:`.errors` and :mod:`.replay_clients`, the reader and producer of ``worker replay``); the
+rest of the worker sees :mod:`.port`'s plain types and
 :class:`worker.policy.ClientError`.
 """
 

@@ -3,10 +3,13 @@
 :func:`render_dead_letter` keeps the original key, value and headers, cut to fit the byte budget
 (:func:`worker.wire.sizes.budget`), and never raises; :func:`minimal_dead_letter` is the smallest
 dead letter there is. The ``worker.*`` header names are written here and nowhere else
-(``worker.route`` of a routed copy is :data:`worker.wire.routing.ROUTE_HEADER`). No I/O here.
+(``worker.route`` of a routed copy is :data:`worker.wire.routing.ROUTE_HEADER`), and read back here
+too: :func:`read_dead_letter` is the inverse that ``worker replay`` uses. No I/O here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from worker.wire.sizes import budget, cut_utf8, header_size, header_text, pass_through_headers, record_size
 from worker.wire.types import Headers, Rejection, Rendered, wire_time
@@ -96,3 +99,78 @@ def minimal_dead_letter(rejection: Rejection) -> Rendered:
     except Exception:  # noqa: BLE001
         pass
     return Rendered(None, None, headers, record, str(rejection.reason), None)
+
+
+# --- Reading a dead letter back (`worker replay`) ---
+
+# What the worker writes before and after the original headers: `_worker_headers` appends its block,
+# starting with this name, after the original headers; `_size_header` adds `worker.original.*` to it.
+KIND_HEADER = "worker.error.kind"
+CUT_HEADER_PREFIX = "worker.original."
+# The record-level detail of a `decode_error` whose headers the Kafka client could not read
+# (worker.kafka_io.clients._to_record): its dead letter holds no original headers at all.
+UNREADABLE_HEADERS_DETAIL = "record headers could not be read"
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    """What a dead letter says about itself and the record it holds.
+
+    ``original_headers`` are the headers before the worker's block, exactly as they were read;
+    ``cut`` names what the dead letter does not hold whole (``value``, ``headers``, ``key``);
+    ``minimal``: the last-resort dead letter, with no key, value or original headers at all.
+    """
+
+    reason: str | None
+    detail: str | None
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    failed_at: str | None
+    original_headers: Headers
+    cut: tuple[str, ...] = ()
+    minimal: bool = False
+
+    @property
+    def is_dead_letter(self) -> bool:
+        return self.reason is not None
+
+
+def read_dead_letter(headers: Headers | None) -> DeadLetterView:
+    """Split a dead letter's headers into the original ones and what the worker added (the inverse of
+    :func:`render_dead_letter`). The worker's block starts at the last ``worker.error.kind`` header, so
+    ``worker.*`` headers that the original record itself carried stay with the original."""
+    headers = list(headers or [])
+    starts = [i for i, (name, _) in enumerate(headers) if name == KIND_HEADER]
+    if not starts:
+        return DeadLetterView(None, None, None, None, None, None, headers)
+    original, block = headers[: starts[-1]], headers[starts[-1]:]
+    fields = {name: value for name, value in block}
+
+    def text(name: str) -> str | None:
+        value = fields.get(name)
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def number(name: str) -> int | None:
+        try:
+            return int(text(name) or "")
+        except ValueError:
+            return None
+
+    detail = text("worker.error.reason")
+    cut = [part for part in ("value", "headers", "key") if any(
+        name.startswith(f"{CUT_HEADER_PREFIX}{part}.") for name in fields)]
+    if detail is not None and detail.startswith(UNREADABLE_HEADERS_DETAIL) and "headers" not in cut:
+        cut.append("headers")
+    return DeadLetterView(
+        reason=text(KIND_HEADER),
+        detail=detail,
+        source_topic=text("worker.source.topic"),
+        source_partition=number("worker.source.partition"),
+        source_offset=number("worker.source.offset"),
+        failed_at=text("worker.failed.at"),
+        original_headers=original,
+        cut=tuple(cut),
+        # minimal_dead_letter writes neither the model nor the time: only the reason and provenance.
+        minimal="worker.failed.at" not in fields and "worker.model" not in fields,
+    )
