@@ -29,6 +29,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_multi_label_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random multi-label model of KoELECTRA's shape (hate, insult, spam, clean; problem_type in its config).
+
+    A wide initialisation spreads the probabilities over (0, 1), so thresholds and routes pick real subsets.
+    """
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-multi-label"), seed=3, initializer_range=0.5,
+                            multi_label=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier(tiny_model_dir: Path):
     from worker.engines.torch_engine import HFClassifier
 

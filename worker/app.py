@@ -29,8 +29,8 @@ import time
 from typing import Any, Callable
 
 from worker.backpressure import Backpressure
-from worker.engines.base import Classifier, Encoding
-from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, FatalError
+from worker.engines.base import Classifier, Encoding, is_multi_label
+from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, ConfigError, FatalError
 from worker.health import Health
 from worker.kafka_io import (
     ClientEvents,
@@ -52,7 +52,7 @@ from worker.settings import Settings
 from worker.throttle import Throttle
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
 from worker.wire.routing import check_labels
-from worker.wire.rules import rules_from
+from worker.wire.rules import Rules, check_thresholds, rules_from, split_thresholds
 from worker.wire.types import InputRecord
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,24 @@ def default_clients(settings: Settings, events: ClientEvents, watchdog: Watchdog
     from worker.kafka_io.clients import KafkaClients
 
     return KafkaClients(settings, events, watchdog)
+
+
+def rules_for(settings: Settings, classifier: Classifier) -> Rules:
+    """The rules in force at start (WORKER_ROUTES, WORKER_LABEL_THRESHOLDS), checked against the loaded model.
+
+    A route or threshold naming a label the model does not have is a ConfigError (one line, exit 2).
+    """
+    thresholds, default = split_thresholds(settings.label_thresholds)
+    for variable, check in (
+        ("WORKER_ROUTES", lambda: check_labels(settings.routes, classifier.labels)),
+        ("WORKER_LABEL_THRESHOLDS", lambda: check_thresholds(settings.label_thresholds, classifier.labels,
+                                                                  is_multi_label(classifier))),
+    ):
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"invalid settings: {variable}: {exc}") from None
+    return rules_from(settings.routes, thresholds, default)
 
 
 def overrun_handler(health: Health) -> Callable[[Overrun], None]:
@@ -95,7 +113,7 @@ class Worker:
         wall_clock: Callable[[], float] = time.time,
         watchdog: Watchdog | None = None,
     ) -> None:
-        check_labels(settings.routes, classifier.labels)
+        rules = rules_for(settings, classifier)
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or WorkerMetrics()
@@ -115,7 +133,7 @@ class Worker:
         )
         self.model_ref = {"id": classifier.info.get("model", "?"), "revision": classifier.info.get("revision", "?")}
         self.renderer = Renderer(
-            settings.output_topic, settings.dlq_topic, self.model_ref, rules_from(settings.routes), self.port.max_record_bytes,
+            settings.output_topic, settings.dlq_topic, self.model_ref, rules, self.port.max_record_bytes,
             settings.max_message_bytes, settings.result_field_names,
         )
         self.publisher = make_publisher(self.port, self.renderer, self._is_current, lambda: self.health.beat(),

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
+from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, is_multi_label, to_prediction
 from worker.errors import WorkerError
 from worker.pipeline.batch import Window
 from worker.pipeline.intake import Entry
@@ -134,9 +134,10 @@ class InferenceThread:
             self._check_canary(failures)
         job.finished_at = self._clock()
         labels = self._classifier.labels
+        multi_label = is_multi_label(self._classifier)
         for entry, probs in zip(entries, probabilities):
             if probs is not None and entry.encoding is not None:
-                entry.prediction = to_prediction(probs, labels, entry.encoding)
+                entry.prediction = to_prediction(probs, labels, entry.encoding, multi_label)
         for index, reason in failures.items():
             entries[index].item = Rejection(entries[index].record, INFERENCE_ERROR, reason)
         job.failures = failures

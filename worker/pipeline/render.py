@@ -49,6 +49,7 @@ def render_record(
     max_bytes: int,
     reserve_bytes: int = 0,
     fields: Sequence[str] = RESULT_FIELDS,
+    flagged: Sequence[str] = (),
 ) -> Rendered:
     """The record to produce for one consumed record. Never raises.
 
@@ -67,7 +68,7 @@ def render_record(
         try:
             outcome = render_result(
                 item, prediction, model=model, now_ms=now_ms, max_bytes=max_bytes,
-                reserve_bytes=reserve_bytes, fields=fields,
+                reserve_bytes=reserve_bytes, fields=fields, flagged=flagged,
             )
         except Exception as exc:  # noqa: BLE001 - this one result cannot be written: dead-letter it
             outcome = Rejection(item.record, ENCODE_ERROR, f"result could not be encoded: {describe(exc)}")
@@ -146,15 +147,18 @@ class Renderer:
 
     def render(self, entry: Entry, now_ms: float) -> Delivery:
         """The result and its routed copies, or the dead letter, of one finished entry."""
-        out = render_record(entry.item, entry.prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
-                            reserve_bytes=self.route_reserve, fields=self.fields)
+        rules = self.rules  # one version of the rules for the whole record (a reload swaps them between windows)
+        prediction = entry.prediction
+        flagged = rules.flagged(prediction.probabilities) if prediction is not None and prediction.multi_label else ()
+        out = render_record(entry.item, prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
+                            reserve_bytes=self.route_reserve, fields=self.fields, flagged=flagged)
         if out.reason is not None:
             messages = [Message(self.dlq_topic, out.key, out.value, out.headers, DEAD_LETTER, reason=out.reason)]
         else:
             assert out.prediction is not None
             label = out.prediction.label
             messages = [Message(self.output_topic, out.key, out.value, out.headers, RESULT, label=label)]
-            for route in self.rules.matching(out.prediction):
+            for route in rules.matching(out.prediction):
                 routed_headers = [*out.headers, (ROUTE_HEADER, route.name.encode())]
                 messages.append(Message(route.topic, out.key, out.value, routed_headers, ROUTED, label=label,
                                         route=route.name))
