@@ -61,7 +61,8 @@ def test_multi_label_probabilities_labels_and_routes_match_an_independent_sigmoi
     routes = [
         {"name": "insult", "topic": f"insult-{topics['input']}", "labels": ["insult"], "min_score": quantile("insult", 70)},
         {"name": "abuse-band", "topic": f"band-{topics['input']}", "labels": ["hate", "spam"],
-         "min_score": quantile("spam", 30), "below": quantile("hate", 60)},
+         "min_score": min(quantile("hate", 30), quantile("spam", 30)),
+         "below": max(quantile("hate", 60), quantile("spam", 60))},
     ]
     create_topics(kafka_bootstrap, {r["topic"]: 2 for r in routes})
     keys = [f"{i}-{doc_id}" for i, (doc_id, _, _) in enumerate(rows)]
@@ -72,7 +73,8 @@ def test_multi_label_probabilities_labels_and_routes_match_an_independent_sigmoi
     log = tmp_path / "worker.log"
     process = start_worker_process(env, log)
     try:
-        results = consume_all(kafka_bootstrap, topics["output"], expected=COUNT, timeout_s=180)
+        # Generous: the worker imports torch twice at start (preparing child, then itself) on shared CPUs.
+        results = consume_all(kafka_bootstrap, topics["output"], expected=COUNT, timeout_s=360)
         routed = {r["name"]: consume_all(kafka_bootstrap, r["topic"], idle_s=4, timeout_s=60) for r in routes}
         assert process.poll() is None, log.read_text()
     finally:
@@ -80,7 +82,7 @@ def test_multi_label_probabilities_labels_and_routes_match_an_independent_sigmoi
         assert process.wait(60) == 0, log.read_text()
 
     by_key = {r.key.decode(): r.json() for r in results}
-    assert len(results) == COUNT and set(by_key) == set(keys)
+    assert len(results) == COUNT and set(by_key) == set(keys), log.read_text()[-3000:]
     threshold = {c: thresholds.get(c, thresholds["default"]) for c in CATEGORIES}
     judged = 0
     for key, probs in zip(keys, expected):
@@ -112,6 +114,6 @@ def test_multi_label_probabilities_labels_and_routes_match_an_independent_sigmoi
         for record in routed[route["name"]]:
             assert record.json() == by_key[record.key.decode()]
             assert record.headers["worker.route"] == route["name"]
-    # The abuse band matches by each listed category's own probability: some copies win on a category
-    # that is not the most probable one, which a route on the winner alone would never select.
+    # The abuse band (the last route) matches by each listed category's own probability: some copies
+    # match on a category that is not the most probable one, which a route on the winner alone never selects.
     assert any(by_key[k]["label"] not in ("hate", "spam") for k in matching)

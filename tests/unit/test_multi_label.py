@@ -244,7 +244,7 @@ def test_renderer_writes_labels_and_routes_per_category_under_its_current_rules(
     assert again["labels"] == ["spam", "hate"]
 
 
-def test_a_single_label_result_is_unchanged(tiny_classifier):
+def test_a_single_label_result_is_unchanged():
     renderer = Renderer("out", "dlq", {"id": "m", "revision": "r"}, rules_from([]))
     record = InputRecord("in", 0, 0, b"k", b"text", [], 1_700_000_000_000)
     encoding = Encoding([2, 5, 3], False)
