@@ -15,7 +15,8 @@ class ExportedClassifier:
         self.encoder = source.encoder
         self.labels = list(source.labels)
         self.multi_label = source.multi_label
-        self.info = {**info, "problem_type": source.problem_type}
+        # worker_model_info says so for a multi-label model; a single-label model's info is as it was.
+        self.info = {**info, "problem_type": source.problem_type} if source.multi_label else info
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         return self.encoder.encode(texts)

@@ -78,7 +78,8 @@ class HFClassifier:
             "dtype": resolved_dtype,
             "engine": "torch",
             "precision": resolved_dtype,
-            "problem_type": source.problem_type,
+            # worker_model_info says so for a multi-label model; a single-label model's info is as it was.
+            **({"problem_type": source.problem_type} if source.multi_label else {}),
         }
         classifier = cls(source.encoder, network, source.labels, info, compile, source.multi_label)
         log.info(
