@@ -30,6 +30,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_multi_label_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random multi-label model of KoELECTRA's shape (hate, insult, spam, clean; problem_type in its config).
+
+    This seed and initialisation spread every category's probabilities around 0.5 (quartiles about 0.3-0.7 on
+    NSMC texts), so thresholds and routes pick real subsets and texts are often several categories at once.
+    """
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-multi-label"), seed=1, initializer_range=0.2,
+                            multi_label=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier(tiny_model_dir: Path):
     from worker.engines.torch_engine import HFClassifier
 

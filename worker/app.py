@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from worker.backpressure import Backpressure
-from worker.engines.base import Classifier, Encoding
+from worker.engines.base import Classifier, Encoding, is_multi_label
 from worker.errors import EXIT_CLEAN, EXIT_FATAL, EXIT_UNFINISHED, ConfigError, FatalError
 from worker.health import Health
 from worker.kafka_io import (
@@ -62,7 +62,7 @@ from worker.tracing import NoTracing, Tracing
 from worker.watchdog import Overrun, Watchdog, default_on_overrun
 from worker.wire.framing import RegistryUnreachable, SchemaPort
 from worker.wire.routing import check_labels
-from worker.wire.rules import rules_from
+from worker.wire.rules import Rules, check_thresholds, rules_from, split_thresholds
 from worker.wire.sizes import record_size
 from worker.wire.types import Comment, InputRecord
 
@@ -94,6 +94,24 @@ def default_schemas(settings: Settings) -> SchemaPort:
     return RegistrySchemas(settings)
 
 
+def rules_for(settings: Settings, classifier: Classifier) -> Rules:
+    """The rules in force at start (WORKER_ROUTES, WORKER_LABEL_THRESHOLDS), checked against the loaded model.
+
+    A route or threshold naming a label the model does not have is a ConfigError (one line, exit 2).
+    """
+    thresholds, default = split_thresholds(settings.label_thresholds)
+    for variable, check in (
+        ("WORKER_ROUTES", lambda: check_labels(settings.routes, classifier.labels)),
+        ("WORKER_LABEL_THRESHOLDS", lambda: check_thresholds(settings.label_thresholds, classifier.labels,
+                                                                  is_multi_label(classifier))),
+    ):
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{variable}: {exc}") from None
+    return rules_from(settings.routes, thresholds, default)
+
+
 def overrun_handler(health: Health) -> Callable[[Overrun], None]:
     """What the watchdog does (on its own thread) when a call is stuck: not-ready, one line, exit."""
 
@@ -123,10 +141,7 @@ class Worker:
         tracing: Tracing | None = None,
         shadow: Classifier | None = None,
     ) -> None:
-        try:
-            check_labels(settings.routes, classifier.labels)
-        except ValueError as exc:  # a setup error: one line and exit 2, like every other setting
-            raise ConfigError(f"WORKER_ROUTES: {exc}") from None
+        rules = rules_for(settings, classifier)
         self.settings = settings
         self.classifier = classifier
         self.metrics = metrics or WorkerMetrics()
@@ -156,7 +171,7 @@ class Worker:
         )
         self.model_ref = {"id": classifier.info.get("model", "?"), "revision": classifier.info.get("revision", "?")}
         self.renderer = Renderer(
-            settings.output_topic, settings.dlq_topic, self.model_ref, rules_from(settings.routes), self.port.max_record_bytes,
+            settings.output_topic, settings.dlq_topic, self.model_ref, rules, self.port.max_record_bytes,
             settings.max_message_bytes, settings.result_field_names,
             encode=schemas.encode if schemas is not None and settings.output_format != "json" else None,
         )

@@ -187,20 +187,34 @@ def freeze_startup_heap() -> None:
 
 
 def cmd_classify(settings: Settings, texts: Sequence[str], as_json: bool) -> int:
-    from worker.engines.base import classify_encoded, to_prediction
+    from worker.app import rules_for
+    from worker.engines.base import classify_encoded, is_multi_label, to_prediction
     from worker.engines.labels import KOREAN_LABELS
 
     classifier = load_classifier(settings)
+    rules = rules_for(settings, classifier)  # the thresholds the worker would apply
+    multi_label = is_multi_label(classifier)
     texts = list(texts) or list(SEED_SENTENCES)
     encodings = classifier.encode(texts)
     outcome = classify_encoded(classifier, encodings, settings.sub_batch_max_tokens)
     for text, encoding, probs in zip(texts, encodings, outcome.probabilities):
-        prediction = to_prediction(probs, classifier.labels, encoding)
+        prediction = to_prediction(probs, classifier.labels, encoding, multi_label)
+        flagged = rules.flagged(prediction.probabilities) if multi_label else ()
         if as_json:
-            print(json.dumps({"text": text, **prediction.__dict__}, ensure_ascii=False))
+            extra = {"labels": list(flagged)} if multi_label else {}
+            print(json.dumps({"text": text, **prediction.__dict__, **extra}, ensure_ascii=False))
+        elif multi_label:
+            print(f"{multi_label_line(flagged, prediction.probabilities, prediction.label)}: {text}")
         else:
             print(f"{KOREAN_LABELS.get(prediction.label, prediction.label)} ({prediction.score:.2f}): {text}")
     return 0
+
+
+def multi_label_line(flagged: Sequence[str], probabilities: dict[str, float], most_probable: str) -> str:
+    """Every category at or above its threshold with its probability, or (none) and the most probable one."""
+    if flagged:
+        return ", ".join(f"{c} ({probabilities[c]:.2f})" for c in flagged)
+    return f"(none; most probable {most_probable} {probabilities[most_probable]:.2f})"
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -423,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="consume, classify and publish until SIGTERM/SIGINT")
-    classify = commands.add_parser("classify", help="classify the given texts and print one line each")
+    classify = commands.add_parser(
+        "classify", help="classify the given texts and print one line each (a multi-label model: every category "
+        "at or above its threshold, WORKER_LABEL_THRESHOLDS)")
     classify.add_argument(
         "texts", nargs="*", help="texts to classify (default: the four example sentences of the seed document)"
     )

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     )
     result_fields: str = Field(
         "all",
-        description="Fields of a result, comma separated (input, text, label, score, probabilities, truncated, tokens, model, source, latency_ms, classified_at), or all, or lean (all but input and text); label and score are always there.",
+        description="Fields of a result, comma separated (input, text, label, score, labels, probabilities, truncated, tokens, model, source, latency_ms, classified_at), or all, or lean (all but input and text); label and score are always there.",
     )
 
     # --- Model ---
@@ -177,6 +177,14 @@ class Settings(BaseSettings):
         None, ge=0, le=1, description="For binary models: the class that means positive (default: from the label names, else 1)."
     )
     labels: list[str] | None = Field(None, description="Override the model's label names, comma separated, in class order.")
+    problem_type: Literal["auto", "single_label", "multi_label"] = Field(
+        "auto",
+        description="auto: as the model's config says (problem_type multi_label_classification: multi-label, else single-label); single_label: one softmax over the labels; multi_label: a sigmoid per category (a comment can be several at once).",
+    )
+    label_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='Multi-label models: the probability at which each category counts as present (the result\'s labels), a JSON object, e.g. {"hate": 0.7, "insult": 0.6, "default": 0.5}; "default" applies to unnamed categories (0.5 when absent). Each in (0, 1]; every category must be one of the model\'s.',
+    )
 
     # --- Batching ---
     batch_max_messages: int = Field(512, gt=0, description="A batch closes at this many messages...")
@@ -260,6 +268,16 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("label_thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        for category, threshold in value.items():
+            if not category:
+                raise ValueError("a category name cannot be empty")
+            if not 0 < threshold <= 1:
+                raise ValueError(f"the threshold of {category!r} must lie in (0, 1], not {threshold}")
+        return value
+
     @field_validator("result_fields")
     @classmethod
     def _check_result_fields(cls, value: str) -> str:
@@ -315,6 +333,9 @@ class Settings(BaseSettings):
             raise ValueError("WORKER_OUTPUT_TOPIC must differ from WORKER_INPUT_TOPIC")
         if self.routes_file is not None and "routes" in self.model_fields_set:
             raise ValueError("WORKER_ROUTES and WORKER_ROUTES_FILE are both set: use one of them")
+        if self.routes_file is not None and self.label_thresholds:
+            raise ValueError("WORKER_LABEL_THRESHOLDS and WORKER_ROUTES_FILE are both set: put the thresholds in the file "
+                             "(its \"thresholds\" and \"default_threshold\")")
         try:
             check_routes(self.routes, self.reserved_topics)
         except ValueError as exc:

@@ -25,11 +25,14 @@ class Encoding:
 class Classifier(Protocol):
     labels: list[str]
     info: dict[str, str]
+    # True for a multi-label model: predict() gives an independent sigmoid per category, not a softmax.
+    multi_label: bool
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]: ...
 
     def predict(self, batch: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Class probabilities for each id sequence; the caller keeps batches length-homogeneous."""
+        """Class probabilities for each id sequence (a sigmoid per category for a multi-label model); the caller
+        keeps batches length-homogeneous."""
         ...
 
     def warm_up(self) -> None:
@@ -37,7 +40,14 @@ class Classifier(Protocol):
         ...
 
 
-def to_prediction(probabilities: Sequence[float], labels: Sequence[str], encoding: Encoding) -> Prediction:
+def is_multi_label(classifier: Classifier) -> bool:
+    """Whether ``classifier`` scores categories independently; one that does not say (a test's fake) is single-label."""
+    return bool(getattr(classifier, "multi_label", False))
+
+
+def to_prediction(probabilities: Sequence[float], labels: Sequence[str], encoding: Encoding,
+                  multi_label: bool = False) -> Prediction:
+    """``label``/``score``: the most probable class (of a multi-label model: the most probable category)."""
     best = max(range(len(probabilities)), key=probabilities.__getitem__)
     return Prediction(
         label=labels[best],
@@ -45,6 +55,7 @@ def to_prediction(probabilities: Sequence[float], labels: Sequence[str], encodin
         probabilities={label: float(p) for label, p in zip(labels, probabilities)},
         truncated=encoding.truncated,
         tokens=len(encoding.ids),
+        multi_label=multi_label,
     )
 
 
@@ -105,6 +116,24 @@ def softmax(logits: Any) -> list[list[float]]:
     values = np.asarray(logits, dtype=np.float32)
     values = np.exp(values - values.max(axis=-1, keepdims=True))
     return (values / values.sum(axis=-1, keepdims=True)).tolist()
+
+
+def sigmoid(logits: Any) -> list[list[float]]:
+    """Element-wise logistic function of a numpy array of logits, in float32: a multi-label model's probabilities.
+
+    Written from exp(-|x|), which never overflows, so that large logits of either sign keep their
+    precision (1 / (1 + exp(-x)) overflows for x below about -88 in float32).
+    """
+    import numpy as np
+
+    values = np.asarray(logits, dtype=np.float32)
+    small = np.exp(-np.abs(values))
+    return np.where(values >= 0, 1 / (1 + small), small / (1 + small)).tolist()
+
+
+def activate(logits: Any, multi_label: bool) -> list[list[float]]:
+    """Logits to probabilities: a sigmoid per category for a multi-label model, else a softmax over the classes."""
+    return sigmoid(logits) if multi_label else softmax(logits)
 
 
 def warm_up_shapes(classifier: Classifier) -> None:

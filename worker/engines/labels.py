@@ -22,7 +22,8 @@ def _meaning(name: str) -> str | None:
 
 
 def resolve_labels(
-    id2label: dict[int, str], positive_index: int | None = None, override: Sequence[str] | None = None
+    id2label: dict[int, str], positive_index: int | None = None, override: Sequence[str] | None = None,
+    multi_label: bool = False,
 ) -> list[str]:
     """Label names in class order.
 
@@ -30,7 +31,8 @@ def resolve_labels(
     ``Neg``/``Pos`` and so on; all become ``negative``/``positive``. Names that say
     which is which (``Neg``/``Pos``) are believed; otherwise class 1 is positive.
     ``positive_index``, when set, overrides both. Models with more classes keep
-    their own names.
+    their own names, and so do multi-label models (two categories such as hate/spam are not a
+    negative/positive pair).
     """
     count = len(id2label)
     if override:
@@ -38,7 +40,9 @@ def resolve_labels(
             raise ModelLoadError("labels", f"WORKER_LABELS names {len(override)} labels, the model has {count}")
         return list(override)
     names = [str(id2label[i]) for i in range(count)]
-    if count != 2:
+    if multi_label and positive_index is not None:
+        raise ModelLoadError("labels", "WORKER_POSITIVE_INDEX is for binary single-label models; this model is multi-label")
+    if count != 2 or multi_label:
         return names
     if positive_index is None:
         meanings = [_meaning(n) for n in names]

@@ -30,8 +30,9 @@ from worker.engines.labels import nsmc_positive_index
 from worker.engines.memory import bound_memory, release_memory
 from worker.engines.registry import build, candidates, compiles, gpu_engines, is_exported
 from worker.engines.selection import Candidate, SelectionReport, choose, machine, measure
-from worker.engines.source import ModelSource
+from worker.engines.source import SNAPSHOT_VERSION, ModelSource
 from worker.errors import ModelLoadError
+from worker.wire.rules import rules_from, split_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 LIBRARIES = ("torch", "transformers", "onnxruntime", "openvino", "nncf", "tokenizers")
 # The settings a preparing child process needs (the model side only: no Kafka settings, no secrets).
 MODEL_SETTINGS = ("model", "model_revision", "device", "engine", "dtype", "compile", "torch_threads", "max_length",
-                  "positive_index", "labels", "engine_cache_dir", "engine_remeasure", "sub_batch_max_tokens",
-                  "log_format", "log_level")
+                  "positive_index", "labels", "problem_type", "label_thresholds", "engine_cache_dir",
+                  "engine_remeasure", "sub_batch_max_tokens", "log_format", "log_level")
 PREPARE_TIMEOUT_S = 900.0
 
 
@@ -89,7 +90,8 @@ def load_classifier(settings: Any, prepare_in_child: bool = True) -> Classifier:
             report.origin = "measured"  # by the preparing child process, for this start
         classifier = build(report.chosen, source, threads, cache, compile_mode if compiles(report.chosen.engine) else "off")
     else:
-        report, classifier = measure_and_choose(wanted, source, threads, cache, settings.sub_batch_max_tokens)
+        report, classifier = measure_and_choose(wanted, source, threads, cache, settings.sub_batch_max_tokens,
+                                                thresholds=agreement_thresholds(settings, source))
         cache.write_json(report_name, {**report.to_json(), "machine": machine(), "libraries": library_versions(*LIBRARIES)})
         if compiles(report.chosen.engine):
             classifier.compile_mode = compile_mode  # type: ignore[attr-defined]  # applied by warm_up()
@@ -106,7 +108,8 @@ def load_classifier(settings: Any, prepare_in_child: bool = True) -> Classifier:
 
 def snapshot_name(settings: Any, cache: EngineCache) -> str:
     """The engine cache directory of a local model's tokenizer snapshot."""
-    return cache.name_for(settings.model, directory_fingerprint(Path(settings.model)), "source", library_versions("tokenizers"))
+    return cache.name_for(settings.model, directory_fingerprint(Path(settings.model)), "source",
+                          {**library_versions("tokenizers"), "snapshot": str(SNAPSHOT_VERSION)})
 
 
 def load_source(settings: Any, cache: EngineCache) -> ModelSource:
@@ -115,7 +118,7 @@ def load_source(settings: Any, cache: EngineCache) -> ModelSource:
     The snapshot lets ONNX Runtime and OpenVINO start without importing transformers, and so
     without torch (its import alone is ~0.3-0.7 GB of RSS): measured in benchmarks/README.md.
     """
-    arguments = (settings.max_length, settings.positive_index, settings.labels)
+    arguments = (settings.max_length, settings.positive_index, settings.labels, settings.problem_type)
     if not Path(settings.model).is_dir():
         return ModelSource.load(settings.model, settings.model_revision, *arguments)
     name = snapshot_name(settings, cache)
@@ -132,12 +135,25 @@ def load_source(settings: Any, cache: EngineCache) -> ModelSource:
 
 
 def selection_report_name(settings: Any, source: ModelSource, wanted: list[Candidate], threads: int) -> str:
-    """Everything that makes a measurement apply: checkpoint, CPU model and flags, cores, libraries, candidates, budgets."""
+    """Everything that makes a measurement apply: checkpoint, CPU model and flags, cores, libraries, candidates, budgets
+    (and for a multi-label model the thresholds its agreement was checked at)."""
     where = {k: v for k, v in machine().items() if k != "cpu_flags"}
-    return "selection-" + cache_key(
+    parts: tuple[Any, ...] = (
         FORMAT_VERSION, model_fingerprint(source), where, threads, library_versions(*LIBRARIES),
         sorted(map(str, wanted)), settings.sub_batch_max_tokens, source.encoder.max_length,
-    ) + ".json"
+    )
+    if source.multi_label:  # single-label reports keep the names they had
+        parts += (source.problem_type, agreement_thresholds(settings, source))
+    return "selection-" + cache_key(*parts) + ".json"
+
+
+def agreement_thresholds(settings: Any, source: ModelSource) -> list[float] | None:
+    """Per category, the threshold at which ``auto``'s agreement check compares a multi-label model's decisions
+    (WORKER_LABEL_THRESHOLDS, 0.5 where it names none); None for a single-label model (compared on its winner)."""
+    if not source.multi_label:
+        return None
+    rules = rules_from((), *split_thresholds(settings.label_thresholds))
+    return [rules.threshold(category) for category in source.labels]
 
 
 def cached_report(remeasure: bool, cache: EngineCache, name: str, wanted: list[Candidate]) -> SelectionReport | None:
@@ -158,7 +174,7 @@ def is_prepared(settings: Any, cache: EngineCache) -> bool:
     except ModelLoadError:
         return True  # nothing to prepare: loading reports the problem
     source = ModelSource.from_snapshot(cache.root / snapshot, settings.model, settings.model_revision,
-                                       settings.max_length, settings.positive_index, settings.labels)
+                                       settings.max_length, settings.positive_index, settings.labels, settings.problem_type)
     if len(wanted) == 1:
         return is_exported(wanted[0], source, cache)
     threads = settings.torch_threads or usable_cpus()
@@ -191,6 +207,7 @@ def prepare_in_child_process(settings: Any) -> bool:
 def measure_and_choose(
     wanted: list[Candidate], source: ModelSource, threads: int, cache: EngineCache, sub_batch_max_tokens: int,
     builder: Callable[[Candidate], Classifier] | None = None,
+    thresholds: list[float] | None = None,
 ) -> tuple[SelectionReport, Classifier]:
     """Measure every candidate (and the reference) one at a time, then build the winner afresh."""
     started = time.perf_counter()
@@ -207,9 +224,11 @@ def measure_and_choose(
     encodings = source.encoder.encode([text for text, _ in rows])
     log.info(f"engine selection: measuring {len(wanted)} candidates on {len(rows)} calibration texts (cached afterwards)",
              extra={"fields": {"candidates": [str(c) for c in wanted]}})
+    # NSMC's sentiment labels grade a positive/negative model's accuracy; they say nothing of a multi-label model's categories.
+    positive_index = None if source.multi_label else nsmc_positive_index(source.labels)
     measurements = measure(
-        prepared, wanted, encodings, [label for _, label in rows], nsmc_positive_index(source.labels),
-        sub_batch_max_tokens, eligible=lambda c: c in wanted, release=release_memory,
+        prepared, wanted, encodings, [label for _, label in rows], positive_index,
+        sub_batch_max_tokens, eligible=lambda c: c in wanted, release=release_memory, thresholds=thresholds,
     )
     chosen = choose(measurements)
     report = SelectionReport(chosen.candidate, measurements, "measured", seconds=round(time.perf_counter() - started, 1),

@@ -2,7 +2,8 @@
 
 No CPU flag decides anything here. Every candidate classifies the same calibration texts (shipped
 with the package), one candidate at a time after its warm-up. A candidate
-qualifies when its labels match the float32 torch reference on at least 99.5 % of the texts and,
+qualifies when its labels match the float32 torch reference on at least 99.5 % of the texts (for a
+multi-label model: every category's decision at its threshold) and,
 for positive/negative models, its accuracy on their NSMC labels is within 0.3 points of the
 reference's. Among those that qualify the one with the lowest cost wins, where cost is seconds per
 text in windows of one text (everyday load: a window goes to the model as soon as it is free, so at
@@ -83,19 +84,31 @@ def argmax(row: Sequence[float]) -> int:
     return max(range(len(row)), key=row.__getitem__)
 
 
+def decisions(row: Sequence[float], thresholds: Sequence[float]) -> tuple[bool, ...]:
+    """A multi-label row's categories, each present (at or above its threshold) or not."""
+    return tuple(p >= t for p, t in zip(row, thresholds))
+
+
 def check_agreement(
     reference: Sequence[Sequence[float]],
     candidate: Sequence[Sequence[float]],
     truths: Sequence[int] | None = None,
     positive_index: int | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> Agreement:
     """Compare a candidate's probabilities with the reference's on the same texts.
 
     ``truths`` are NSMC labels (1 = positive); they grade accuracy only for a positive/negative
-    model (``positive_index`` set); other models are compared on labels alone.
+    model (``positive_index`` set); other models are compared on labels alone. For a multi-label
+    model ``thresholds`` holds each category's threshold, and a text counts as the same when every
+    category's decision (present or not) is the reference's; the winner alone says little there.
     """
     if len(reference) != len(candidate) or not reference:
         raise ValueError("reference and candidate must cover the same, non-empty list of texts")
+    if thresholds is not None:
+        same = sum(decisions(r, thresholds) == decisions(c, thresholds)
+                   for r, c in zip(reference, candidate)) / len(reference)
+        return Agreement(len(reference), same, None, None)
     same = sum(argmax(r) == argmax(c) for r, c in zip(reference, candidate)) / len(reference)
     if truths is None or positive_index is None:
         return Agreement(len(reference), same, None, None)
@@ -167,6 +180,7 @@ def measure(
     eligible: Callable[[Candidate], bool] = lambda c: True,
     clock: Callable[[], float] = time.perf_counter,
     release: Callable[[], None] = lambda: None,
+    thresholds: Sequence[float] | None = None,
 ) -> list[Measurement]:
     """Build, time and check each candidate in turn, the reference first; only numbers are kept.
 
@@ -175,7 +189,8 @@ def measure(
     ``SMALL_WINDOW * SMALL_WINDOWS`` texts in windows of ``SMALL_WINDOW``, best of ``SMALL_REPEATS``.
     Full windows: every text in windows of ``LARGE_WINDOW`` (these probabilities are the agreement
     check too), total texts over total time. A candidate whose cost so far is ``GIVE_UP`` times the
-    reference's is stopped: it cannot win while the reference is a choice.
+    reference's is stopped: it cannot win while the reference is a choice. ``thresholds`` (per
+    category, for a multi-label model) make the agreement check compare per-category decisions.
     """
     order = [REFERENCE] + [c for c in candidates if c != REFERENCE]
     small = list(encodings[: SMALL_WINDOW * SMALL_WINDOWS])
@@ -211,7 +226,7 @@ def measure(
             if candidate == REFERENCE:
                 reference, reference_cost = probabilities, m.cost
             elif reference is not None and len(probabilities) == len(reference):
-                m.agreement = check_agreement(reference, probabilities, truths, positive_index)
+                m.agreement = check_agreement(reference, probabilities, truths, positive_index, thresholds)
         except Exception as exc:  # noqa: BLE001 - one broken candidate must not stop the others
             if candidate == REFERENCE:
                 raise

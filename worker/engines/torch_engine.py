@@ -28,11 +28,13 @@ class HFClassifier:
         labels: list[str],
         info: dict[str, str],
         compile_mode: str = "auto",
+        multi_label: bool = False,
     ) -> None:
         self.encoder = encoder
         self.model = model
         self.labels = labels
         self.info = info
+        self.multi_label = multi_label
         self._device = next(model.parameters()).device
         self._forward = model  # replaced by a torch.compile'd module in warm_up() where that pays off
         self.compile_mode = compile_mode  # auto: where should_compile() says it pays; on; off
@@ -58,6 +60,7 @@ class HFClassifier:
         labels: Sequence[str] | None = None,
         compile: str = "auto",
         source: ModelSource | None = None,
+        problem_type: str = "auto",
     ) -> HFClassifier:
         import torch
 
@@ -66,7 +69,7 @@ class HFClassifier:
         if resolved_device == "cpu":
             torch.set_num_threads(threads or usable_cpus())
         started = time.perf_counter()
-        source = source or ModelSource.load(model, revision, max_length, positive_index, labels)
+        source = source or ModelSource.load(model, revision, max_length, positive_index, labels, problem_type)
         network = source.load_torch(resolved_device, resolved_dtype)
         info = {
             "model": source.model,
@@ -75,8 +78,10 @@ class HFClassifier:
             "dtype": resolved_dtype,
             "engine": "torch",
             "precision": resolved_dtype,
+            # worker_model_info says so for a multi-label model; a single-label model's info is as it was.
+            **({"problem_type": source.problem_type} if source.multi_label else {}),
         }
-        classifier = cls(source.encoder, network, source.labels, info, compile)
+        classifier = cls(source.encoder, network, source.labels, info, compile, source.multi_label)
         log.info(
             "model loaded",
             extra={"fields": {**info, "labels": classifier.labels, "max_length": classifier.max_length,
@@ -96,7 +101,9 @@ class HFClassifier:
                 input_ids=torch.from_numpy(input_ids).to(self._device),
                 attention_mask=torch.from_numpy(attention).to(self._device),
             ).logits
-            return torch.softmax(logits.float(), dim=-1).cpu().tolist()
+            logits = logits.float()
+            probabilities = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+            return probabilities.cpu().tolist()
 
     def warm_up(self) -> None:
         """Compile where it pays off, then run a few shapes once so the first real batch pays for nothing lazy."""

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, to_prediction
+from worker.engines.base import BatchOutcome, Classifier, Encoding, classify_encoded, is_multi_label, to_prediction
 from worker.errors import WorkerError
 from worker.pipeline.batch import Window
 from worker.pipeline.intake import Entry
@@ -203,9 +203,10 @@ class InferenceThread:
             previous = self.seconds_per_token
             self.seconds_per_token = measured if previous is None else 0.8 * previous + 0.2 * measured
         labels = self._classifier.labels
+        multi_label = is_multi_label(self._classifier)
         for entry, probs in zip(entries, probabilities):
             if probs is not None and entry.encoding is not None:
-                entry.prediction = to_prediction(probs, labels, entry.encoding)
+                entry.prediction = to_prediction(probs, labels, entry.encoding, multi_label)
         for index, reason in failures.items():
             entries[index].item = Rejection(entries[index].record, INFERENCE_ERROR, reason)
         job.failures = failures

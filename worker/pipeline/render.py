@@ -65,6 +65,7 @@ def render_record(
     max_bytes: int,
     reserve_bytes: int = 0,
     fields: Sequence[str] = RESULT_FIELDS,
+    flagged: Sequence[str] = (),
 ) -> Rendered:
     """The record to produce for one consumed record. Never raises.
 
@@ -83,7 +84,7 @@ def render_record(
         try:
             outcome = render_result(
                 item, prediction, model=model, now_ms=now_ms, max_bytes=max_bytes,
-                reserve_bytes=reserve_bytes, fields=fields,
+                reserve_bytes=reserve_bytes, fields=fields, flagged=flagged,
             )
         except Exception as exc:  # noqa: BLE001 - this one result cannot be written: dead-letter it
             outcome = Rejection(item.record, ENCODE_ERROR, f"result could not be encoded: {describe(exc)}")
@@ -180,18 +181,21 @@ class Renderer:
 
         ``trace_headers`` (tracing on: the record's ``traceparent``) go on every message, within the budget.
         """
-        version = self.version_header
+        rules = self.rules  # one version of the rules for the whole record (a reload swaps them between windows)
+        prediction = entry.prediction
+        flagged = rules.flagged(prediction.probabilities) if prediction is not None and prediction.multi_label else ()
+        version = (RULES_VERSION_HEADER, rules.version.encode())
         trace_headers = trace_headers or []
         reserve = self.route_reserve + header_size(*version) + sum(header_size(n, v) for n, v in trace_headers)
-        out = render_record(entry.item, entry.prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
-                            reserve_bytes=reserve, fields=self.fields)
+        out = render_record(entry.item, prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
+                            reserve_bytes=reserve, fields=self.fields, flagged=flagged)
         headers = [*with_trace(out.headers, trace_headers), version]
         if out.reason is not None:
             messages = [Message(self.dlq_topic, out.key, out.value, headers, DEAD_LETTER, reason=out.reason)]
         else:
             assert out.prediction is not None
             label = out.prediction.label
-            routes = self.rules.matching(out.prediction)
+            routes = rules.matching(out.prediction)
             values = self._encoded(out, headers, [self.output_topic, *(r.topic for r in routes)])
             if isinstance(values, Rejection):
                 dead = self.dead_letter(entry.record, values.reason, values.detail, now_ms, trace_headers=trace_headers)

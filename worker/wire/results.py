@@ -25,8 +25,9 @@ from worker.wire.types import (
 )
 
 # The fields of a result record (docs/output-format.md), in output order; WORKER_RESULT_FIELDS picks some.
+# `labels` is written for multi-label predictions only, so a single-label result is as it always was.
 RESULT_FIELDS = (
-    "input", "text", "label", "score", "probabilities", "truncated", "tokens", "model", "source", "latency_ms",
+    "input", "text", "label", "score", "labels", "probabilities", "truncated", "tokens", "model", "source", "latency_ms",
     "classified_at",
 )
 ALWAYS_IN_RESULT = ("label", "score")
@@ -142,8 +143,12 @@ def render_result(
     max_bytes: int,
     reserve_bytes: int = 0,
     fields: Sequence[str] = RESULT_FIELDS,
+    flagged: Sequence[str] = (),
 ) -> Rendered | Rejection:
     """The result record within ``budget(max_bytes, reserve_bytes)``, or the Rejection saying why not.
+
+    ``flagged`` are a multi-label prediction's categories at or above their thresholds, most probable
+    first (:meth:`worker.wire.rules.Rules.flagged`): its ``labels`` field. Single-label results have none.
 
     Too large: ``input`` is left out first, then ``text`` is cut to a prefix (whole code points), and
     ``"cut": {"input": ..., "text": ..., "text_length": ...}`` says so. If even that cannot fit (a huge
@@ -159,6 +164,8 @@ def render_result(
         small["label"] = str(prediction.label)
     if "score" in fields:
         small["score"] = float(prediction.score)
+    if "labels" in fields and prediction.multi_label:
+        small["labels"] = [str(c) for c in flagged]
     if "probabilities" in fields:
         small["probabilities"] = {str(k): float(v) for k, v in prediction.probabilities.items()}
     if "truncated" in fields:

@@ -65,6 +65,31 @@ def rules_from(routes: Sequence[Route], thresholds: Mapping[str, float] | None =
     return Rules(tuple(routes), MappingProxyType(dict(thresholds or {})), default_threshold, version)
 
 
+# The key of WORKER_LABEL_THRESHOLDS that sets the threshold of every category it does not name.
+DEFAULT_KEY = "default"
+
+
+def split_thresholds(spec: Mapping[str, float]) -> tuple[dict[str, float], float]:
+    """A thresholds object (``{"hate": 0.7, "default": 0.6}``) as (per-category thresholds, default threshold)."""
+    thresholds = {c: float(t) for c, t in spec.items() if c != DEFAULT_KEY}
+    return thresholds, float(spec.get(DEFAULT_KEY, DEFAULT_THRESHOLD))
+
+
+def check_thresholds(spec: Mapping[str, float], model_labels: Sequence[str], multi_label: bool) -> None:
+    """Thresholds (the object, ``default`` included) that could never apply, as a ValueError naming the problem.
+
+    Checked once the model is loaded: a category the model does not have, or any threshold for a
+    single-label model (its result has no ``labels`` for them to decide).
+    """
+    if spec and not multi_label:
+        raise ValueError("thresholds per category apply to multi-label models; this model is single-label "
+                         "(WORKER_PROBLEM_TYPE=multi_label scores one with a sigmoid per category)")
+    unknown = [c for c in spec if c != DEFAULT_KEY and c not in model_labels]
+    if unknown:
+        raise ValueError(f"names categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} the model does not have "
+                         f"(its labels: {', '.join(model_labels)})")
+
+
 # --- rules from a file (WORKER_ROUTES_FILE) ---
 
 RULES_VERSION_HEADER = "worker.rules.version"

@@ -21,7 +21,7 @@ def _result(comment, max_bytes=100_000, **kwargs):
 
 def test_result_schema():
     out, value = _result(Comment(rec("좋다".encode(), headers=[("trace", b"t")]), "좋다"))
-    assert list(value) == list(RESULT_FIELDS)
+    assert list(value) == [f for f in RESULT_FIELDS if f != "labels"]  # labels: multi-label results only
     assert value["input"] == "좋다" and value["text"] == "좋다"
     assert value["label"] == "positive" and value["score"] == 0.9
     assert value["probabilities"] == {"negative": 0.1, "positive": 0.9}
@@ -73,10 +73,12 @@ def test_result_fields(spec, expected):
     fields = parse_result_fields(spec)
     assert fields == expected
     _, value = _result(Comment(rec(b"hello"), "hello"), fields=fields)
-    assert tuple(value) == expected
+    assert tuple(value) == tuple(f for f in expected if f != "labels")  # a single-label result has no labels
+    _, multi = _result(Comment(rec(b"hello"), "hello"), fields=fields, prediction=_multi_label(), flagged=("insult",))
+    assert tuple(multi) == expected
 
 
-@pytest.mark.parametrize("spec", ["labels", "all,nope", "", " , "])
+@pytest.mark.parametrize("spec", ["categories", "all,nope", "", " , "])
 def test_unknown_result_fields_are_refused(spec):
     with pytest.raises(ValueError):
         parse_result_fields(spec)
@@ -120,11 +122,11 @@ def test_result_fields_setting_fails_at_start_naming_the_variable(monkeypatch):
     from worker.errors import ConfigError
     from worker.settings import load_settings
 
-    monkeypatch.setenv("WORKER_RESULT_FIELDS", "lean,labels")
+    monkeypatch.setenv("WORKER_RESULT_FIELDS", "lean,categories")
     with pytest.raises(ConfigError) as error:
         load_settings()
     message = str(error.value)
-    assert "WORKER_RESULT_FIELDS" in message and "'labels'" in message and "\n" not in message
+    assert "WORKER_RESULT_FIELDS" in message and "'categories'" in message and "\n" not in message
     monkeypatch.setenv("WORKER_RESULT_FIELDS", "lean")
     settings = load_settings()
     assert settings.result_field_names == LEAN_FIELDS
@@ -152,3 +154,27 @@ def test_longest_prefix_matches_a_plain_search(seed):
         assert len(json.dumps(text[: len(prefix) + 1], ensure_ascii=False).encode()) > room
     if expected is not None:
         assert len(prefix) == expected
+
+
+def _multi_label(**changes):
+    values = dict(label="insult", score=0.8, probabilities={"hate": 0.6, "insult": 0.8, "spam": 0.1},
+                  multi_label=True)
+    values.update(changes)
+    return sample_prediction(**values)
+
+
+def test_multi_label_result_carries_its_labels_after_the_score():
+    _, value = _result(Comment(rec(b"x"), "x"), prediction=_multi_label(), flagged=("insult", "hate"))
+    assert list(value) == list(RESULT_FIELDS)
+    assert value["labels"] == ["insult", "hate"] and value["label"] == "insult" and value["score"] == 0.8
+    assert value["probabilities"] == {"hate": 0.6, "insult": 0.8, "spam": 0.1}
+    _, none = _result(Comment(rec(b"x"), "x"), prediction=_multi_label())
+    assert none["labels"] == []  # nothing at or above its threshold: present, and empty
+    _, lean = _result(Comment(rec(b"x"), "x"), prediction=_multi_label(), flagged=("insult",),
+                      fields=parse_result_fields("label"))
+    assert list(lean) == ["label", "score"]  # WORKER_RESULT_FIELDS still decides
+
+
+def test_single_label_result_has_no_labels_whatever_is_passed():
+    _, value = _result(Comment(rec(b"x"), "x"), flagged=("positive",))
+    assert "labels" not in value
