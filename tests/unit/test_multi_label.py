@@ -213,7 +213,7 @@ def test_a_bad_threshold_ends_worker_run_with_exit_2_and_one_line(monkeypatch, c
     monkeypatch.setenv("WORKER_LABEL_THRESHOLDS", '{"threat": 0.5}')
     assert cli.main(["classify", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("worker: error: invalid settings: WORKER_LABEL_THRESHOLDS: names category threat")
+    assert err[-1].startswith("worker: error: WORKER_LABEL_THRESHOLDS: names category threat")
 
 
 # --- rendering: labels, probabilities and routes under the rules in force ---
