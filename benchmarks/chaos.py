@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import signal
 import subprocess
@@ -28,13 +29,15 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.paths import NSMC_SAMPLE, REPO
 from harness.processes import FATAL_EXIT, last_line, start_worker_process, worker_env
 
+log = logging.getLogger("chaos")
 MODES = ("at_least_once", "exactly_once")
 FAULTS = ("worker_sigkill", "worker_sigterm", "worker_join", "broker_sigkill", "broker_sigstop")
 CLEAN_STOP_EXITS = (0, 3)  # after a SIGTERM: done, or done with records left for the next owner
@@ -68,6 +71,7 @@ class ModeReport:
     faults: list[Fault] = field(default_factory=list)
     exits: list[WorkerExit] = field(default_factory=list)
     restarts: int = 0
+    first_result_s: float | None = None  # from the start of the producer: the workers load their model
     complete: bool = False
     complete_reason: str = ""
     seconds: float = 0.0
@@ -207,7 +211,8 @@ def paced_producer(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
 
     def run() -> None:
         producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20,
-                             "message.timeout.ms": 300000})
+                             "message.timeout.ms": 300000,
+                             "log_level": 2})  # faults make it log every disconnect: the report says what happened
         failed: list[str] = []
 
         def report(error: Any, _message: Any) -> None:
@@ -317,19 +322,28 @@ def run_mode(cluster, mode: str, model: Path, records: int, faults: int, rng: ra
         inputs = reviews(records)
         started = time.monotonic()
         paced_producer(bootstrap, topics["input"], inputs, rate_per_s, done, errors)
-        stream_s = records / rate_per_s
-        # Fault times: spread over the producing time, after a first stretch in which the group forms.
-        times = sorted(rng.uniform(0.15, 0.9) * stream_s for _ in range(faults))
+        # Fault times: drawn before anything runs (the seed decides them), spread over the producing time
+        # that is left once the first results are out (the workers load their model first).
+        shares = sorted(rng.uniform(0.05, 0.9) for _ in range(faults))
         kinds = [rng.choice(FAULTS) for _ in range(faults)]
-        for at, kind in zip(times, kinds):
-            wait = started + at - time.monotonic()
+        first = recovered_after(lambda: output_count(bootstrap, topics["output"]) > 0, started, 300)
+        if first is None:
+            raise RuntimeError(f"no result within 300 s of the start; see {log_dir / mode}")
+        report.first_result_s = first
+        flowing = time.monotonic()
+        producing_left_s = max(records / rate_per_s - first, 10.0)
+        for share, kind in zip(shares, kinds):
+            wait = flowing + share * producing_left_s - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             fault = inject(cluster, pool, kind, rng, topics["input"], slots)
             fault.at_s = round(time.monotonic() - started, 1)
             base = output_count(bootstrap, topics["output"])
-            fault.recovered_s = recovered_after(lambda: output_count(bootstrap, topics["output"]) > base,
-                                                time.monotonic() - fault.took_s, 120)
+            fault.recovered_s = recovered_after(lambda base=base: output_count(bootstrap, topics["output"]) > base,
+                                                time.monotonic() - fault.took_s, 120,
+                                                finished=lambda: stream_done(bootstrap, env, topics, done))
+            if fault.recovered_s is None:
+                fault.note = f"{fault.note} (stream already complete)".strip()
             say(f"  {mode} fault {len(report.faults) + 1}/{faults} at {fault.at_s:.0f} s: {kind} {fault.target}"
                 f" {fault.note}; output growing again after "
                 f"{'-' if fault.recovered_s is None else f'{fault.recovered_s:.1f} s'}")
@@ -407,17 +421,31 @@ def inject(cluster, pool: Workers, kind: str, rng: random.Random, input_topic: s
     return fault
 
 
-def recovered_after(grown: Callable[[], bool], since: float, timeout_s: float) -> float | None:
-    """Seconds from ``since`` (the fault) until ``grown()``; None if not within ``timeout_s``."""
+def recovered_after(grown: Callable[[], bool], since: float, timeout_s: float,
+                    finished: Callable[[], bool] = lambda: False) -> float | None:
+    """Seconds from ``since`` (the fault) until ``grown()``; None if not within ``timeout_s``, or once
+    ``finished()`` (nothing left to grow)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if grown():
                 return round(time.monotonic() - since, 1)
-        except Exception:  # noqa: BLE001 - metadata unreadable during a fault: try again
-            pass
-        time.sleep(0.2)
+            if finished():
+                return None
+        except Exception as exc:  # noqa: BLE001 - metadata unreadable during a fault: try again
+            log.debug("not readable now: %s", exc)
+        time.sleep(0.3)
     return None
+
+
+def stream_done(bootstrap: str, env: dict[str, str], topics: dict[str, str], produced: threading.Event) -> bool:
+    """Every input produced and committed by the group."""
+    from harness.offsets import committed_and_end_offsets
+
+    if not produced.is_set():
+        return False
+    committed, end = committed_and_end_offsets(bootstrap, env["WORKER_GROUP_ID"], topics["input"], timeout_s=5)
+    return all(committed.get(p, -1) >= e for p, e in end.items())
 
 
 def run(seed: int, records: int, faults: int, modes: list[str], base_port: int, work_dir: Path,
@@ -444,8 +472,8 @@ def run(seed: int, records: int, faults: int, modes: list[str], base_port: int, 
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = [f"chaos run, seed {report['seed']}: {report['records']} records per mode, {report['workers']} workers, "
-             "3-node KRaft cluster (replication 3, min.insync.replicas 2)"]
+    lines = [(f"chaos run, seed {report['seed']}: {report['records']} records per mode, {report['workers']} workers, "
+              "3-node KRaft cluster (replication 3, min.insync.replicas 2)")]
     for m in report["modes"]:
         kinds = Counter(f["kind"] for f in m["faults"])
         codes = Counter(f"{e['code']} after {e['cause']}" for e in m["exits"])
