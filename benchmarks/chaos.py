@@ -71,7 +71,7 @@ class ModeReport:
     faults: list[Fault] = field(default_factory=list)
     exits: list[WorkerExit] = field(default_factory=list)
     restarts: int = 0
-    first_result_s: float | None = None  # from the start of the producer: the workers load their model
+    first_result_s: float | None = None  # from the start of the producer until the first result
     complete: bool = False
     complete_reason: str = ""
     seconds: float = 0.0
@@ -257,10 +257,13 @@ def read_to_end(bootstrap: str, topic: str, read_committed: bool, timeout_s: flo
                          "isolation.level": "read_committed" if read_committed else "read_uncommitted"})
     out: list[OutputRecord] = []
     tps = [TopicPartition(topic, p, 0) for p, e in end.items() if e > 0]
+    if not tps:
+        consumer.close()
+        return out
     consumer.assign(tps)
     deadline = time.monotonic() + timeout_s
     try:
-        while tps and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.5):
                 if message.error():
                     continue
@@ -320,15 +323,20 @@ def run_mode(cluster, mode: str, model: Path, records: int, faults: int, rng: ra
         pool.begin(slots)
         done, errors = threading.Event(), []
         inputs = reviews(records)
+        # The producer starts once every worker has loaded its model and joined: the faults then hit a
+        # stream that flows, not workers still starting.
+        if recovered_after(lambda: group_size(bootstrap, env["WORKER_GROUP_ID"]) >= workers, time.monotonic(),
+                           600) is None:
+            raise RuntimeError(f"the {workers} workers did not all join within 600 s; see {log_dir / mode}")
         started = time.monotonic()
         paced_producer(bootstrap, topics["input"], inputs, rate_per_s, done, errors)
         # Fault times: drawn before anything runs (the seed decides them), spread over the producing time
         # that is left once the first results are out (the workers load their model first).
         shares = sorted(rng.uniform(0.05, 0.9) for _ in range(faults))
         kinds = [rng.choice(FAULTS) for _ in range(faults)]
-        first = recovered_after(lambda: output_count(bootstrap, topics["output"]) > 0, started, 300)
+        first = recovered_after(lambda: output_count(bootstrap, topics["output"]) > 0, started, 120)
         if first is None:
-            raise RuntimeError(f"no result within 300 s of the start; see {log_dir / mode}")
+            raise RuntimeError(f"no result within 120 s of the start; see {log_dir / mode}")
         report.first_result_s = first
         flowing = time.monotonic()
         producing_left_s = max(records / rate_per_s - first, 10.0)
@@ -436,6 +444,13 @@ def recovered_after(grown: Callable[[], bool], since: float, timeout_s: float,
             log.debug("not readable now: %s", exc)
         time.sleep(0.3)
     return None
+
+
+def group_size(bootstrap: str, group: str) -> int:
+    """Members of the group that own partitions now."""
+    from harness.offsets import group_assignments
+
+    return sum(1 for member in group_assignments(bootstrap, group) if member)
 
 
 def stream_done(bootstrap: str, env: dict[str, str], topics: dict[str, str], produced: threading.Event) -> bool:

@@ -15,7 +15,7 @@ from harness.broker import broker_port
 
 pytestmark = pytest.mark.integration
 
-RECORDS, FAULTS, RATE = 2000, 4, 80
+RECORDS, FAULTS, RATE = 2000, 4, 50
 
 
 def test_chaos_both_modes_keep_their_guarantees(tmp_path, fault_report):
