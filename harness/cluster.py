@@ -22,7 +22,9 @@ class LocalCluster:
 
     def __init__(self, base_port: int, data_dir: Path, size: int = 3, stop_deadline_s: float = 60,
                  heap: str = "-Xms192m -Xmx384m") -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's own ids: one starting with '-' reads as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         voters = ",".join(f"{i}@127.0.0.1:{base_port + 2 * (i - 1) + 1}" for i in range(1, size + 1))
         self.nodes: dict[int, LocalBroker] = {}
         for i in range(1, size + 1):
