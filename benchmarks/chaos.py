@@ -60,7 +60,10 @@ class Fault:
     kind: str
     target: str
     at_s: float  # seconds since the stream started
-    recovered_s: float | None = None  # from the fault until the output grew again (None: it did not)
+    # The output's longest stall (no new record, sampled every 0.5 s) between this fault and the next, and
+    # the seconds from the fault's start until the output grew after it (0: it never stalled for 1 s).
+    stall_s: float = 0.0
+    recovered_s: float | None = None
     took_s: float = 0.0  # the fault and its undoing (restart, resume)
     note: str = ""
 
@@ -246,6 +249,47 @@ def paced_producer(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
     return thread
 
 
+class OutputSampler:
+    """Samples a topic's end offsets (summed) every half second in a thread, for the stalls after faults."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from harness.offsets import output_count
+
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.5):
+                try:
+                    self.samples.append((time.monotonic(), output_count(bootstrap, topic)))
+                except Exception as exc:  # noqa: BLE001 - unreadable during a fault: the stall goes on
+                    log.debug("output not readable now: %s", exc)
+
+        self._thread = threading.Thread(target=sample, daemon=True, name="chaos-sampler")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def longest_stall(self, start: float, end: float) -> tuple[float, float | None]:
+        """(longest stretch without growth in [start, end], seconds from start until the output grew after it);
+        a stall still going at ``end`` has no recovery (None)."""
+        window = [(t, n) for t, n in self.samples if start <= t <= end]
+        if len(window) < 2:
+            return 0.0, None
+        best, recovered = 0.0, 0.0
+        since_t, since_n = window[0]
+        for t, n in window[1:]:
+            if n > since_n:
+                if t - since_t > best:
+                    best, recovered = t - since_t, t - start
+                since_t, since_n = t, n
+        if window[-1][0] - since_t > best:
+            return round(window[-1][0] - since_t, 1), None
+        return round(best, 1), (round(recovered, 1) if best >= 1.0 else 0.0)
+
+
 def wait_stable(bootstrap: str, topic: str, timeout_s: float) -> float | None:
     """Seconds until every partition's last stable offset reaches its end offset (no transaction open);
     None if that did not happen within ``timeout_s``."""
@@ -344,6 +388,7 @@ def run_mode(cluster, mode: str, model: Path, records: int, faults: int, rng: ra
                      WORKER_KAFKA_PRODUCER_TRANSACTION_TIMEOUT_MS=str(TRANSACTION_TIMEOUT_S * 1000))
     (log_dir / mode).mkdir(parents=True, exist_ok=True)
     pool = Workers(env, log_dir / mode, exactly_once, f"chaos-{topics['input']}")
+    sampler: OutputSampler | None = None
     slots = [f"w{i}" for i in range(workers)]
     try:
         pool.begin(slots)
@@ -365,22 +410,19 @@ def run_mode(cluster, mode: str, model: Path, records: int, faults: int, rng: ra
             raise RuntimeError(f"no result within 120 s of the start; see {log_dir / mode}")
         report.first_result_s = first
         flowing = time.monotonic()
+        starts: list[float] = []
+        sampler = OutputSampler(bootstrap, topics["output"])
         producing_left_s = max(records / rate_per_s - first, 10.0)
         for share, kind in zip(shares, kinds):
             wait = flowing + share * producing_left_s - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            fault_start = time.monotonic()
             fault = inject(cluster, pool, kind, rng, topics["input"], slots)
-            fault.at_s = round(time.monotonic() - started, 1)
-            base = output_count(bootstrap, topics["output"])
-            fault.recovered_s = recovered_after(lambda base=base: output_count(bootstrap, topics["output"]) > base,
-                                                time.monotonic() - fault.took_s, 120,
-                                                finished=lambda: stream_done(bootstrap, env, topics, done))
-            if fault.recovered_s is None:
-                fault.note = f"{fault.note} (stream already complete)".strip()
+            fault.at_s = round(fault_start - started, 1)
+            starts.append(fault_start)
             say(f"  {mode} fault {len(report.faults) + 1}/{faults} at {fault.at_s:.0f} s: {kind} {fault.target}"
-                f" {fault.note}; output growing again after "
-                f"{'-' if fault.recovered_s is None else f'{fault.recovered_s:.1f} s'}")
+                f" {fault.note} (took {fault.took_s:.1f} s)")
             report.faults.append(fault)
         if not done.wait(records / rate_per_s + 600):
             report.problems.append("the producer did not finish")
@@ -389,12 +431,17 @@ def run_mode(cluster, mode: str, model: Path, records: int, faults: int, rng: ra
         wait = wait_committed(bootstrap, env["WORKER_GROUP_ID"], topics["input"], end,
                               timeout_s=max(300, records / 20), stall_s=180)
         report.complete, report.complete_reason = wait.complete, wait.reason
+        sampler.stop()
+        for fault, (fault_start, window_end) in zip(report.faults, zip(starts, [*starts[1:], time.monotonic()])):
+            fault.stall_s, fault.recovered_s = sampler.longest_stall(fault_start, min(window_end, fault_start + 120))
         report.seconds = round(time.monotonic() - started, 1)
         report.throughput_per_s = round(records / report.seconds, 1)
         if not wait.complete:
             report.problems.append(f"stream did not complete: {wait.reason}")
         pool.stop_all()
     finally:
+        if sampler is not None:
+            sampler.stop()
         pool.kill_all()
     report.exits = pool.exits
     report.restarts = sum(pool.starts.values()) - len(slots) - pool.starts["join"]
@@ -463,17 +510,13 @@ def inject(cluster, pool: Workers, kind: str, rng: random.Random, input_topic: s
     return fault
 
 
-def recovered_after(grown: Callable[[], bool], since: float, timeout_s: float,
-                    finished: Callable[[], bool] = lambda: False) -> float | None:
-    """Seconds from ``since`` (the fault) until ``grown()``; None if not within ``timeout_s``, or once
-    ``finished()`` (nothing left to grow)."""
+def recovered_after(grown: Callable[[], bool], since: float, timeout_s: float) -> float | None:
+    """Seconds from ``since`` until ``grown()``; None if not within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if grown():
                 return round(time.monotonic() - since, 1)
-            if finished():
-                return None
         except Exception as exc:  # noqa: BLE001 - metadata unreadable during a fault: try again
             log.debug("not readable now: %s", exc)
         time.sleep(0.3)
@@ -485,16 +528,6 @@ def group_size(bootstrap: str, group: str) -> int:
     from harness.offsets import group_assignments
 
     return sum(1 for member in group_assignments(bootstrap, group) if member)
-
-
-def stream_done(bootstrap: str, env: dict[str, str], topics: dict[str, str], produced: threading.Event) -> bool:
-    """Every input produced and committed by the group."""
-    from harness.offsets import committed_and_end_offsets
-
-    if not produced.is_set():
-        return False
-    committed, end = committed_and_end_offsets(bootstrap, env["WORKER_GROUP_ID"], topics["input"], timeout_s=5)
-    return all(committed.get(p, -1) >= e for p, e in end.items())
 
 
 def run(seed: int, records: int, faults: int, modes: list[str], base_port: int, work_dir: Path,
@@ -526,16 +559,17 @@ def summary(report: dict[str, Any]) -> str:
     for m in report["modes"]:
         kinds = Counter(f["kind"] for f in m["faults"])
         codes = Counter(f"{e['code']} after {e['cause']}" for e in m["exits"])
-        recovered = [f["recovered_s"] for f in m["faults"] if f["recovered_s"] is not None]
         lines.append(
             f"{m['mode']}: {'PASS' if not m['problems'] else 'FAIL'}; {m['results']} results, "
             f"{m['dead_letters']} dead letters, {m['missing']} missing, {m['duplicates']} duplicates, "
             f"{m['skips_ahead']} key-order skips; {m['restarts']} restarts; {m['throughput_per_s']}/s over "
             f"{m['seconds']} s")
         lines.append(f"  faults: {dict(kinds)}; worker exits: {dict(codes)}")
-        if recovered:
-            lines.append(f"  output growing again after a fault: median {sorted(recovered)[len(recovered) // 2]} s, "
-                         f"max {max(recovered)} s ({len(m['faults']) - len(recovered)} never)")
+        stalls = sorted(f["stall_s"] for f in m["faults"])
+        recovered = sorted(f["recovered_s"] for f in m["faults"] if f["recovered_s"] is not None)
+        if stalls:
+            lines.append(f"  longest output stall after a fault: median {stalls[len(stalls) // 2]} s, max {stalls[-1]} s; "
+                         f"output growing again after it: max {recovered[-1] if recovered else '-'} s from the fault")
         if m["read_uncommitted_records"] is not None:
             lines.append(f"  read_uncommitted sees {m['read_uncommitted_records']} records (aborted included)")
         if m["open_transaction_wait_s"]:
