@@ -92,9 +92,11 @@ class ModeReport:
     problems: list[str] = field(default_factory=list)
 
 
-def explained(code: int | None, cause: str) -> bool:
+def explained(code: int | None, cause: str, started: bool = True) -> bool:
+    """Whether an exit is what the contract says for its cause; ``started``: the worker had logged its start
+    (a SIGTERM before that finds Python still importing, without its handler: killed by the signal)."""
     if cause in ("sigterm", "final"):
-        return code in CLEAN_STOP_EXITS
+        return code in CLEAN_STOP_EXITS or (not started and code == -signal.SIGTERM)
     if cause == "sigkill":
         return code == -signal.SIGKILL
     return code == FATAL_EXIT  # left by itself: only the documented "restart me"
@@ -129,7 +131,9 @@ class Workers:
         return self.log_dir / f"{slot}-{self.starts[slot]}.log"
 
     def _record(self, slot: str, code: int | None, cause: str) -> None:
-        self.exits.append(WorkerExit(slot, code, cause, explained(code, cause), last_line(self._log(slot))[-300:]))
+        log_text = self._log(slot).read_text(errors="replace")
+        started = " worker: starting" in log_text
+        self.exits.append(WorkerExit(slot, code, cause, explained(code, cause, started), last_line(self._log(slot))[-300:]))
 
     def begin(self, slots: list[str]) -> None:
         for slot in slots:
@@ -572,7 +576,7 @@ def summary(report: dict[str, Any]) -> str:
                          f"output growing again after it: max {recovered[-1] if recovered else '-'} s from the fault")
         if m["read_uncommitted_records"] is not None:
             lines.append(f"  read_uncommitted sees {m['read_uncommitted_records']} records (aborted included)")
-        if m["open_transaction_wait_s"]:
+        if (m["open_transaction_wait_s"] or 0) >= 1:
             lines.append(f"  a transaction stayed open {m['open_transaction_wait_s']} s after the workers stopped "
                          "(a SIGKILLed worker's, aborted by the coordinator's timeout)")
         lines.extend(f"  problem: {p}" for p in m["problems"])

@@ -60,3 +60,4 @@ def test_which_exits_are_explained():
     assert explained(0, "sigterm") and explained(3, "final") and not explained(4, "sigterm")
     assert explained(-signal.SIGKILL, "sigkill") and not explained(0, "sigkill")
     assert explained(4, "own") and not explained(1, "own") and not explained(None, "final")
+    assert explained(-signal.SIGTERM, "sigterm", started=False) and not explained(-signal.SIGTERM, "sigterm")
