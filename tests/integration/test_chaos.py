@@ -2,7 +2,7 @@
 cluster, three workers in one group, a few thousand keyed reviews and a handful of random faults per mode
 (workers SIGKILLed, SIGTERMed, joining; broker nodes SIGKILLed or SIGSTOPped, the leader included); each
 mode's guarantee is checked from the topics. The seed is printed: a failure repeats with
-`python -m benchmarks.chaos --seed N --records 2000 --faults 4`."""
+`python -m benchmarks.chaos --seed N --records 2000 --faults 4 --rate 50`."""
 
 from __future__ import annotations
 
