@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAND_IN := ../shared/models/koelectra-small-v3-nsmc-scratch
 
-.PHONY: setup tools test unit run demo bench soak broker-start broker-stop image-run image-stop clean
+.PHONY: setup tools test unit run demo bench soak chaos broker-start broker-stop image-run image-stop clean
 
 $(BIN)/worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: setup tools
 # Memory over a long run: RSS from 100,000 to 1,000,000 messages through Kafka (about 30 min on 2 vCPUs).
 soak: setup tools
 	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
+
+# Random faults (workers and brokers killed, stopped, frozen, joining) against a 3-node KRaft cluster and
+# three workers while a producer writes; checks each mode's guarantee from the topics (docs/testing.md).
+# CHAOS_ARGS: --records N --faults N --mode at_least_once|exactly_once|both --seed N (repeats a run).
+chaos: setup tools
+	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS)
 
 # The container image built from the Dockerfile and run for real: its own Docker engine, a Debian base
 # image, the worker checked against the host worker, the compose stack (docs/container.md). About

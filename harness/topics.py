@@ -9,15 +9,15 @@ from typing import Sequence
 ROLES = ("input", "output", "dlq")
 
 
-def create_topics(bootstrap: str, partitions_by_topic: dict[str, int]) -> None:
-    """Create the topics (one replica; an existing one is fine) and wait until metadata shows every one
+def create_topics(bootstrap: str, partitions_by_topic: dict[str, int], replication: int = 1) -> None:
+    """Create the topics (``replication`` replicas; an existing one is fine) and wait until metadata shows every one
     with its partitions, so a client started next finds them."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in partitions_by_topic.items()]
+        [NewTopic(name, num_partitions=n, replication_factor=replication) for name, n in partitions_by_topic.items()]
     )
     for future in futures.values():
         try:
@@ -34,12 +34,13 @@ def create_topics(bootstrap: str, partitions_by_topic: dict[str, int]) -> None:
     raise TimeoutError(f"topics {list(partitions_by_topic)} not visible")
 
 
-def fresh_topics(bootstrap: str, partitions: int = 3, create: Sequence[str] = ROLES, prefix: str = "") -> dict[str, str]:
+def fresh_topics(bootstrap: str, partitions: int = 3, create: Sequence[str] = ROLES, prefix: str = "",
+                 replication: int = 1) -> dict[str, str]:
     """New input, output and dead-letter topic names (``{prefix}in-<random>``, ...); those named in ``create``
     are created, input and output with ``partitions`` partitions, the dead-letter topic with one."""
     suffix = uuid.uuid4().hex[:8]
     names = {"input": f"{prefix}in-{suffix}", "output": f"{prefix}out-{suffix}", "dlq": f"{prefix}dlq-{suffix}"}
-    create_topics(bootstrap, {names[role]: 1 if role == "dlq" else partitions for role in create})
+    create_topics(bootstrap, {names[role]: 1 if role == "dlq" else partitions for role in create}, replication)
     return names
 
 

@@ -40,6 +40,13 @@
 #   KAFKA_SASL_PLAIN_USERS [] with KAFKA_SASL_PORT: "user:password,user:password" (letters, digits, . _ -)
 #   KAFKA_ACLS            [false]  true: ACL authorization (StandardAuthorizer); what no ACL allows is denied
 #   KAFKA_SUPER_USERS     [User:ANONYMOUS;User:admin]  with KAFKA_ACLS: principals every ACL check lets through
+#
+# One node of a multi-node cluster (harness/cluster.py starts three; every node has its own ports and data dir):
+#   KAFKA_NODE_ID         [1]
+#   KAFKA_QUORUM_VOTERS   [] "1@host:cport,2@host:cport,..." a static controller quorum (every node a voter);
+#                         empty: the single-node dynamic quorum
+#   KAFKA_REPLICATION     [1] replication factor of new and internal topics; min.insync.replicas is
+#                         2 where it is 2 or more
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -60,6 +67,9 @@ KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-}"
 KAFKA_SASL_PLAIN_USERS="${KAFKA_SASL_PLAIN_USERS:-}"
 KAFKA_ACLS="${KAFKA_ACLS:-false}"
 KAFKA_SUPER_USERS="${KAFKA_SUPER_USERS:-User:ANONYMOUS;User:admin}"
+KAFKA_NODE_ID="${KAFKA_NODE_ID:-1}"
+KAFKA_QUORUM_VOTERS="${KAFKA_QUORUM_VOTERS:-}"
+KAFKA_REPLICATION="${KAFKA_REPLICATION:-1}"
 MVN="${MVN:-mvn}"
 
 BOOTSTRAP="${KAFKA_HOST}:${KAFKA_PORT}"
@@ -163,12 +173,12 @@ port_open() {
 broker_ready() {
     port_open || return 1
     if command -v kcat >/dev/null 2>&1; then
-        kcat -b "$BOOTSTRAP" -L -m 5 2>/dev/null | grep -q '1 brokers' && return 0
+        kcat -b "$BOOTSTRAP" -L -m 5 2>/dev/null | grep -q "broker ${KAFKA_NODE_ID} at" && return 0
         return 1
     fi
     tool_jvm_args
     timeout 30 "$JAVA_BIN" "${TOOL_ARGS[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand \
-        --bootstrap-server "$BOOTSTRAP" 2>/dev/null | grep -q "(id: 1 "
+        --bootstrap-server "$BOOTSTRAP" 2>/dev/null | grep -q "(id: ${KAFKA_NODE_ID} "
 }
 
 # ----------------------------------------------------------------------------- start
@@ -231,6 +241,25 @@ write_variants() {
             ;;
         *) die "KAFKA_ACLS must be true or false (got '${KAFKA_ACLS}')" ;;
     esac
+    [[ "$KAFKA_NODE_ID" =~ ^[0-9]+$ ]] || die "KAFKA_NODE_ID must be a number (got '${KAFKA_NODE_ID}')"
+    [[ "$KAFKA_NODE_ID" == 1 ]] || set_prop "$file" node.id "$KAFKA_NODE_ID"
+    if [[ -n "$KAFKA_QUORUM_VOTERS" ]]; then
+        grep -v '^controller\.quorum\.bootstrap\.servers=' "$file" > "${file}.set" || true
+        mv "${file}.set" "$file"
+        set_prop "$file" controller.quorum.voters "$KAFKA_QUORUM_VOTERS"
+    fi
+    [[ "$KAFKA_REPLICATION" =~ ^[1-9][0-9]*$ ]] || die "KAFKA_REPLICATION must be a positive number (got '${KAFKA_REPLICATION}')"
+    if (( KAFKA_REPLICATION > 1 )); then
+        local isr=2
+        local key
+        for key in default.replication.factor offsets.topic.replication.factor \
+                transaction.state.log.replication.factor share.coordinator.state.topic.replication.factor; do
+            set_prop "$file" "$key" "$KAFKA_REPLICATION"
+        done
+        for key in min.insync.replicas transaction.state.log.min.isr share.coordinator.state.topic.min.isr; do
+            set_prop "$file" "$key" "$isr"
+        done
+    fi
 }
 
 format_storage() {
@@ -250,7 +279,9 @@ format_storage() {
         [[ -n "$cid" ]] || cid="$(run_tool kafka.tools.StorageTool random-uuid | tail -n1 | tr -d '[:space:]')"
         [[ -n "$cid" ]] || die "could not generate a cluster id"
         log "formatting KRaft storage in ${STORAGE_DIR} (cluster id ${cid})"
-        run_tool kafka.tools.StorageTool format -t "$cid" -c "$PROPS_FILE" --standalone >&2 \
+        local -a quorum=(--standalone)
+        [[ -n "$KAFKA_QUORUM_VOTERS" ]] && quorum=()  # a static quorum: the voters are in the properties
+        run_tool kafka.tools.StorageTool format -t "$cid" -c "$PROPS_FILE" "${quorum[@]}" >&2 \
             || die "storage format failed (see ${LOG_DIR}/tools.log)"
     fi
     printf 'version=%s\ncontroller_port=%s\n' "$KAFKA_VERSION" "$KAFKA_CONTROLLER_PORT" > "$FORMAT_MARKER"
