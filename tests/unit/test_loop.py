@@ -67,7 +67,8 @@ def never_overruns(overrun):
     raise AssertionError(f"watchdog fired: {overrun}")
 
 
-def make_worker(classifier=None, partitions=1, **overrides):
+def make_worker(classifier=None, partitions=1, *, schemas=None, shadow=None, **overrides):
+    """A Worker on the fake Kafka port; ``overrides`` are settings, ``schemas``/``shadow`` the Worker's ports."""
     values = dict(input_topic=T, output_topic="out", dlq_topic="dlq", metrics_port=0, batch_max_wait_ms=0,
                   shutdown_timeout_s=5)
     values.update(overrides)
@@ -80,7 +81,7 @@ def make_worker(classifier=None, partitions=1, **overrides):
 
     metrics = WorkerMetrics()
     worker = Worker(settings, classifier or FakeClassifier(), metrics, Health(metrics), clients_factory=factory,
-                    watchdog=Watchdog(on_overrun=never_overruns))
+                    watchdog=Watchdog(on_overrun=never_overruns), schemas=schemas, shadow=shadow)
     return worker, made["fake"]
 
 

@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import json
 
-from tests.fakes.kafka_io import FakeKafka
 from tests.fakes.schema_registry import FakeSchemas, framed
-from tests.unit.test_loop import FakeClassifier, drive, finish, header, keys, never_overruns
-from worker.app import Worker
-from worker.health import Health
-from worker.metrics import WorkerMetrics
-from worker.settings import Settings
-from worker.watchdog import Watchdog
+from tests.unit.test_loop import drive, finish, header, keys
+from tests.unit.test_loop import make_worker as make_loop_worker
 from worker.wire.framing import parse_frame
 
 T = "in"
 
 
 def make_worker(schemas, **overrides):
-    values = dict(input_topic=T, output_topic="out", dlq_topic="dlq", metrics_port=0, batch_max_wait_ms=0,
-                  shutdown_timeout_s=5, input_format="avro", text_field="comment.body",
-                  schema_registry_url="mock://unit")
+    values = dict(input_format="avro", text_field="comment.body", schema_registry_url="mock://unit")
     values.update(overrides)
-    made = {}
-
-    def factory(settings, events, watchdog):
-        made["fake"] = FakeKafka(settings, events, watchdog, partitions=1)
-        return made["fake"]
-
-    metrics = WorkerMetrics()
-    worker = Worker(Settings(**values), FakeClassifier(), metrics, Health(metrics), clients_factory=factory,
-                    watchdog=Watchdog(on_overrun=never_overruns), schemas=schemas)
-    return worker, made["fake"]
+    return make_loop_worker(schemas=schemas, **values)
 
 
 def comment(text):

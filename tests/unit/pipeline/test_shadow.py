@@ -9,15 +9,11 @@ import time
 
 import pytest
 
-from tests.fakes.kafka_io import FakeKafka
-from tests.unit.test_loop import FakeClassifier, drive, never_overruns, settled
-from worker.app import Worker
+from tests.unit.test_loop import FakeClassifier, drive, make_worker, settled
 from worker.errors import ConfigError
-from worker.health import Health
 from worker.metrics import WorkerMetrics
 from worker.pipeline.shadow import SHADOW_OF_HEADER, compare
 from worker.settings import Settings, load_settings
-from worker.watchdog import Watchdog
 from worker.wire.rules import rules_from
 from worker.wire.types import Prediction
 
@@ -44,19 +40,9 @@ class ShadowClassifier(FakeClassifier):
 
 def shadow_worker(shadow, **overrides):
     """make_worker's worker, with a shadow model."""
-    values = dict(input_topic="in", output_topic="out", dlq_topic="dlq", metrics_port=0, batch_max_wait_ms=0,
-                  shutdown_timeout_s=5, shadow_model="shadow-model", shadow_topic=SHADOW_TOPIC, batch_max_messages=5)
+    values = dict(input_topic="in", shadow_model="shadow-model", shadow_topic=SHADOW_TOPIC, batch_max_messages=5)
     values.update(overrides)
-    made = {}
-
-    def factory(settings, events, watchdog):
-        made["fake"] = FakeKafka(settings, events, watchdog, partitions=1)
-        return made["fake"]
-
-    metrics = WorkerMetrics()
-    worker = Worker(Settings(**values), FakeClassifier(), metrics, Health(metrics), clients_factory=factory,
-                    watchdog=Watchdog(on_overrun=never_overruns), shadow=shadow)
-    return worker, made["fake"]
+    return make_worker(shadow=shadow, **values)
 
 
 def sample(worker, name, **labels):
