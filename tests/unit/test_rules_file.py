@@ -183,7 +183,7 @@ def test_new_route_topics_count_in_the_size_limit_and_the_version_header_in_ever
     assert renderer.limit == 900_000
     renderer.use(rules_from([Route(name="r", topic="small")], version="abcdef012345"))
     assert renderer.limit == 50_000
-    assert renderer.version_header == (RULES_VERSION_HEADER, b"abcdef012345")
+    assert renderer.rules.version_header == (RULES_VERSION_HEADER, b"abcdef012345")
 
 
 @pytest.mark.parametrize("size", range(47_000, 50_001, 250))

@@ -24,7 +24,7 @@ from worker.wire.decoding import describe
 from worker.wire.result_schemas import result_document
 from worker.wire.results import RESULT_FIELDS, render_result
 from worker.wire.routing import ROUTE_HEADER
-from worker.wire.rules import RULES_VERSION_HEADER, Rules
+from worker.wire.rules import Rules
 from worker.wire.sizes import header_size, record_size
 from worker.wire.types import (
     ENCODE_ERROR,
@@ -168,14 +168,6 @@ class Renderer:
         self.rules = rules
         self._limit = None
 
-    @property
-    def version_header(self) -> tuple[str, bytes]:
-        return (RULES_VERSION_HEADER, self.rules.version.encode())
-
-    @property
-    def route_reserve(self) -> int:
-        return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.rules.routes), default=0)
-
     def render(self, entry: Entry, now_ms: float, trace_headers: Headers | None = None) -> Delivery:
         """The result and its routed copies, or the dead letter, of one finished entry.
 
@@ -184,9 +176,9 @@ class Renderer:
         rules = self.rules  # one version of the rules for the whole record (a reload swaps them between windows)
         prediction = entry.prediction
         flagged = rules.flagged(prediction.probabilities) if prediction is not None and prediction.multi_label else ()
-        version = (RULES_VERSION_HEADER, rules.version.encode())
+        version = rules.version_header
         trace_headers = trace_headers or []
-        reserve = self.route_reserve + header_size(*version) + sum(header_size(n, v) for n, v in trace_headers)
+        reserve = rules.route_reserve + header_size(*version) + sum(header_size(n, v) for n, v in trace_headers)
         out = render_record(entry.item, prediction, model=self.model_ref, now_ms=now_ms, max_bytes=self.limit,
                             reserve_bytes=reserve, fields=self.fields, flagged=flagged)
         headers = [*with_trace(out.headers, trace_headers), version]
@@ -220,7 +212,7 @@ class Renderer:
         except Exception as exc:  # noqa: BLE001 - this one result cannot be written: dead-letter it
             return Rejection(out.source, ENCODE_ERROR, f"result could not be encoded: {describe(exc)}")
         size = record_size(out.key, values[self.output_topic], headers)
-        if size > self.limit - self.route_reserve:
+        if size > self.limit - self.rules.route_reserve:
             return Rejection(out.source, TOO_LARGE, f"encoded result is {size} bytes, limit is {self.limit}")
         return values
 
@@ -246,7 +238,7 @@ class Renderer:
             out = minimal_dead_letter(rejection)
             headers = out.headers
         else:
-            version = self.version_header
+            version = self.rules.version_header
             trace_headers = trace_headers or []
             reserve = header_size(*version) + sum(header_size(n, v) for n, v in trace_headers)
             out = render_dead_letter(rejection, model_id=self.model_ref["id"], now_ms=now_ms, max_bytes=self.limit,

@@ -11,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Annotated, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.wire.routing import Route, check_labels, check_routes
+from worker.wire.routing import ROUTE_HEADER, Route, check_labels, check_routes
+from worker.wire.sizes import header_size
 from worker.wire.types import Prediction
 
 DEFAULT_THRESHOLD = 0.5
+RULES_VERSION_HEADER = "worker.rules.version"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,17 @@ class Rules:
     # Which rules routed a result (the worker.rules.version header): "env" for rules from the
     # environment, a content hash for rules from a file.
     version: str = "env"
+
+    # Read for every record rendered; computed once per version of the rules (the value is immutable).
+    @cached_property
+    def version_header(self) -> tuple[str, bytes]:
+        """The header every record rendered under these rules carries."""
+        return (RULES_VERSION_HEADER, self.version.encode())
+
+    @cached_property
+    def route_reserve(self) -> int:
+        """Bytes a routed copy's ``worker.route`` header may add: the longest route name's."""
+        return max((header_size(ROUTE_HEADER, r.name.encode()) for r in self.routes), default=0)
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -92,7 +106,6 @@ def check_thresholds(spec: Mapping[str, float], model_labels: Sequence[str], mul
 
 # --- rules from a file (WORKER_ROUTES_FILE) ---
 
-RULES_VERSION_HEADER = "worker.rules.version"
 VERSION_HEX_DIGITS = 12
 
 
