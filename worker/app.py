@@ -322,6 +322,10 @@ class Worker:
     def _drain(self, inference: InferenceThread, deadline: float, replays: int) -> bool:
         self._dispatch()
         while True:
+            # A stop requested before or during the drain (a signal) ends it by the shutdown's deadline;
+            # every wait inside the publisher's calls below keeps to it (_within set the first one).
+            deadline = min(deadline, self._stop_deadline())
+            self.publisher.deadline = min(self.publisher.deadline or deadline, deadline)
             self.health.beat()
             self._publish(inference.take(0.01 if inference.busy else 0.0))
             self._publish_shadow()  # what the shadow has finished; it is not waited for
@@ -330,8 +334,6 @@ class Worker:
                 # A replay (a timed-out delivery, an aborted transaction) empties the tracker too,
                 # but what it dropped will be read again: that is not a finished drain.
                 return self._replays == replays
-            deadline = min(deadline, self._stop_deadline())
-            self.publisher.deadline = min(self.publisher.deadline or deadline, deadline)
             if self._clock() >= deadline or inference.error is not None:
                 return False
             if not inference.busy:
