@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAND_IN := ../shared/models/koelectra-small-v3-nsmc-scratch
 
-.PHONY: setup tools test unit run demo bench soak chaos broker-start broker-stop image-run image-stop clean
+.PHONY: setup tools test unit run demo bench latency soak chaos broker-start broker-stop image-run image-stop clean
 
 $(BIN)/worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ demo: setup tools
 
 bench: setup tools
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The worker alone through Kafka (about 6 min on 2 vCPUs): full load, then 5 runs of 40 s at a steady
+# 100 messages/s on 3 partitions, each after 5 s without traffic; every run's p50/p95/p99/max.
+latency: setup tools
+	$(BIN)/python benchmarks/bench.py --only-worker --output benchmarks/results/latency.json $(BENCH_ARGS)
 
 # Memory over a long run: RSS from 100,000 to 1,000,000 messages through Kafka (about 30 min on 2 vCPUs).
 soak: setup tools

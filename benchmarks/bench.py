@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -62,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="use this broker (default: start deploy/kafka/kafka.sh on 127.0.0.1:29092, stop it after)")
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the input and output topics")
     parser.add_argument("--load-fraction", type=float, default=0.5, help="offered load for part 6, as a fraction of (5)")
-    parser.add_argument("--latency-seconds", type=float, default=60.0, help="how long each load of part 6 is offered")
+    parser.add_argument("--latency-seconds", type=float, default=40.0, help="how long each load of part 6 is offered")
+    parser.add_argument("--latency-runs", type=int, default=5, help="part 6: runs at --latency-rate (default 5)")
+    parser.add_argument("--latency-rate", type=float, default=100.0, help="part 6: messages/s of the repeated runs")
+    parser.add_argument("--latency-gap", type=float, default=5.0, help="part 6: seconds without traffic before each run")
+    parser.add_argument("--only-worker", action="store_true",
+                        help="only the worker through Kafka: parts 5-7 (full load, then the latency runs); "
+                             "the engine is the worker's own choice unless WORKER_ENGINE/WORKER_DTYPE say")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on a worker after this many seconds")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during part 5 (needs py-spy)")
     parser.add_argument("--keep-topics", action="store_true")
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_in_flight_messages", "torch_threads", "device")},
         "ratios": {},
     }
+    if args.only_worker:
+        return only_worker(args, results, texts)
     try:
         if not args.skip_pipeline:
             log(f"part 1: pipeline() once per message, {args.pipeline_messages} messages")
@@ -138,12 +147,28 @@ def main(argv: list[str] | None = None) -> int:
         r["e2e_over_torch_worker"] = round(p5["messages_per_s"] / p8["messages_per_s"], 2)
     if p1 and p3:
         r["in_memory_over_pipeline"] = round(p3["messages_per_s"] / p1["messages_per_s"], 2)
+    return write_results(args, results)
+
+
+def write_results(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """The JSON report to ``--output`` and the markdown table to stdout."""
     results["table_markdown"] = table(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
     print(results["table_markdown"])
     log(f"wrote {args.output}")
     return 0
+
+
+def only_worker(args: argparse.Namespace, results: dict[str, Any], texts: list[str]) -> int:
+    """Parts 5-7 alone (`make latency`): the worker on its own engine choice, with an engine cache kept between
+    runs (so its choice, measured once, is the same in every run), a full-load backlog, then the latency runs."""
+    cache = Path(os.environ.get("BENCH_ENGINE_CACHE", "/tmp/bench-engine-cache"))
+    cache.mkdir(parents=True, exist_ok=True)
+    with bootstrap_servers(args.bootstrap, own_broker(), reuse=True) as bootstrap:
+        log(f"parts 5-7: end to end through {bootstrap}, engine cache {cache}")
+        results["end_to_end"] = bench_kafka(args, bootstrap, args.model, texts, cache)
+    return write_results(args, results)
 
 
 if __name__ == "__main__":

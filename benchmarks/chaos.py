@@ -19,6 +19,7 @@ The seed is printed; --seed repeats the same faults at the same times (the machi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import random
@@ -594,16 +595,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="records produced per second")
     parser.add_argument("--base-port", type=int, default=int(os.environ.get("TEST_KAFKA_PORT", "19092")) + 60)
     parser.add_argument("--out", type=Path, default=None, help="the JSON report (default: benchmarks/results/)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="a new directory for the run (the workers' and brokers' logs), kept afterwards")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     modes = list(MODES) if args.mode == "both" else [args.mode]
-    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=False)
+            tmp = str(args.keep)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-"))
         report = run(seed, args.records, args.faults, modes, args.base_port, Path(tmp), args.rate,
                      say=lambda line: print(line, flush=True))
         text = summary(report)
         failed = any(m["problems"] for m in report["modes"])
-        if failed:
-            print(f"chaos: logs kept in {tmp}/logs until this process ends", file=sys.stderr)
+        if failed and args.keep is None:
+            print(f"chaos: logs deleted with {tmp}; --keep DIR keeps them", file=sys.stderr)
     out = args.out or RESULTS_DIR / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -73,6 +73,7 @@ IDLE_POLL_S = 0.1
 BUSY_WAIT_S = 0.005
 FATAL_STOP_S = 10.0
 REGISTRY_RETRY_S = 1.0  # how often held records are offered again while the registry cannot be reached
+SEEK_RETRY_S = 0.2  # how often a refused rewind is tried again
 REGISTRY_BLOCKED = "registry_unreachable"
 
 
@@ -200,7 +201,11 @@ class Worker:
         self._access_since: float | None = None
         self._access_refused_by: str | None = None
         self._stop_requested_at: float | None = None  # the shutdown deadline counts from here
-        self._replays = 0  # how often everything unfinished was dropped to be read again  # the error code that started the access timer
+        self._replays = 0  # how often everything unfinished was dropped to be read again
+        # Partitions whose rewind Kafka refused: their fetch went on past the records to read again, so
+        # what they deliver is dropped until a seek succeeds (committing past those records loses them).
+        self._unsought: dict[Partition, int] = {}
+        self._seek_retry_at = 0.0
         self._deadline: float | None = None  # the one shutdown deadline, once stopping
         self._throttle = Throttle(10.0, clock)
 
@@ -271,6 +276,8 @@ class Worker:
                 self.renderer.use(rules)
         inference = self.inference
         assert inference is not None, "start() first"
+        if self._unsought and self._clock() >= self._seek_retry_at:
+            self._seek(dict(self._unsought))
         if self._held and self._clock() >= self._held_retry_at:
             held, self._held = self._held, []
             self._accept(held)
@@ -332,8 +339,9 @@ class Worker:
             self._serve_publisher()
             if not inference.busy and self.publisher.idle and len(self.tracker) == 0 and len(self.batcher) == 0:
                 # A replay (a timed-out delivery, an aborted transaction) empties the tracker too,
-                # but what it dropped will be read again: that is not a finished drain.
-                return self._replays == replays
+                # but what it dropped will be read again: that is not a finished drain; nor is one with
+                # a partition whose rewind Kafka refused (what it delivered meanwhile was dropped).
+                return self._replays == replays and not self._unsought
             if self._clock() >= deadline or inference.error is not None:
                 return False
             if not inference.busy:
@@ -442,6 +450,8 @@ class Worker:
             epoch = self.epochs.of(partition)
             if epoch is None:
                 continue  # its partition was revoked while this poll was being served
+            if partition in self._unsought:
+                continue  # read from past its rewind: it comes again once the seek succeeds
             self.tracker.add(partition, record.offset, record_size(record.key, record.value, record.headers))
             self.metrics.consumed.labels(topic=record.topic).inc()
             entry.epoch, entry.arrived_at = epoch, now
@@ -573,10 +583,20 @@ class Worker:
         self.epochs.renew(positions)
         self.tracker.forget(positions)
         self.batcher.take()  # whatever it held is stale now
-        self.port.seek(positions)
+        self._seek(positions)
         self.metrics.errors.labels(kind="replay").inc()
         log.warning("replaying from the first unfinished records: %s", reason,
                     extra={"fields": {"positions": {f"{t}[{p}]": o for (t, p), o in positions.items()}}})
+
+    def _seek(self, positions: dict[Partition, int]) -> None:
+        """Rewind; a partition Kafka would not rewind is retried every step and read nothing from meanwhile."""
+        for partition in positions:
+            self._unsought.pop(partition, None)
+        refused = self.port.seek(positions)
+        if refused:
+            self._unsought.update(refused)
+            self._seek_retry_at = self._clock() + SEEK_RETRY_S
+            self.metrics.errors.labels(kind="seek_refused").inc(len(refused))
 
     # --- client events (inside poll, on the main thread) ---
     def _on_assigned(self, partitions: list[Partition]) -> None:
@@ -609,6 +629,8 @@ class Worker:
 
     def _forget(self, partitions: list[Partition]) -> None:
         self._drop_held(partitions)
+        for partition in partitions:
+            self._unsought.pop(partition, None)  # its next owner starts at the committed offset
         self.tracker.forget(partitions)
         self.epochs.release(partitions)
         self.health.partitions = len(self.epochs.owned())

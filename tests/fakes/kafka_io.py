@@ -58,6 +58,7 @@ class FakeKafka:
     partitions: int = 3
     input: dict[int, list[InputRecord]] = field(default_factory=dict)
     committed: dict[Partition, int] = field(default_factory=dict)
+    refuse_seeks: dict[Partition, int] = field(default_factory=dict)  # seeks refused per partition (scripted)
     # scripting
     delivery_delay: int = 0  # serve() calls a message waits before its report
     fail_delivery: Callable[[Queued], ClientError | None] = lambda message: None
@@ -146,11 +147,17 @@ class FakeKafka:
     def assignment(self) -> list[Partition]:
         return list(self.assigned)
 
-    def seek(self, positions: Mapping[Partition, int]) -> None:
+    def seek(self, positions: Mapping[Partition, int]) -> dict[Partition, int]:
         self.calls.append(f"seek {dict(positions)}")
+        failed: dict[Partition, int] = {}
         for p, offset in positions.items():
-            if p in self.assigned:
+            if self.refuse_seeks.get(p, 0) > 0:
+                # librdkafka's `_STATE` (not fetching): the fetch position stays where it was.
+                self.refuse_seeks[p] -= 1
+                failed[p] = offset
+            elif p in self.assigned:
                 self.position[p] = offset
+        return failed
 
     def store_offsets(self, positions: Mapping[Partition, int]) -> None:
         self.stored.update({p: o for p, o in positions.items() if p in self.assigned})

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.fakes.kafka_io import ABORTABLE, AUTH_FAILED, DENIED, RETRIABLE, TIMED_OUT, TOO_LARGE, UNKNOWN_TOPIC
+from tests.fakes.kafka_io import ABORTABLE, AUTH_FAILED, DENIED, RETRIABLE, TOO_LARGE, UNKNOWN_TOPIC
 from tests.unit.test_loop import (
     T,
     FakeClassifier,
@@ -21,6 +21,7 @@ from tests.unit.test_loop import (
     settled,
     start,
     texts,
+    times_out_once,
 )
 from worker.kafka_io import PartitionProgress
 from worker.errors import EXIT_FATAL, EXIT_UNFINISHED, FatalError
@@ -162,15 +163,7 @@ def test_finding_2_nothing_older_than_the_replay_is_produced_after_a_purge():
     fake.queue_limit = 3
     fake.delivery_delay = 2
     fake.feed(0, texts(12))
-    failed = []
-
-    def fail_once(message):
-        if message.key == b"0-1" and not failed:
-            failed.append(message.key)
-            return TIMED_OUT
-        return None
-
-    fake.fail_delivery = fail_once
+    fake.fail_delivery = times_out_once(b"0-1")
     purge = fake.purge_queued
 
     def purge_and_mark():
@@ -374,3 +367,57 @@ def test_finding_6_a_stop_during_a_revocation_drain_ends_it_by_the_shutdown_dead
         assert time.monotonic() - began < 1.0
     finally:
         gate.set()
+
+
+# --- the chaos run's exactly-once finding: a rewind Kafka refuses ---
+def test_refused_seek_after_an_abort_reads_nothing_past_it_until_a_seek_succeeds():
+    """librdkafka refuses a seek while a partition is not fetching (`_STATE`: its leader's broker just died) and
+    the fetch goes on where it was. Before, the worker took the records after the aborted ones as the next ones
+    and committed their offsets in the next transaction: the aborted records' results were never written."""
+    worker, fake = make_worker(partitions=1, delivery="exactly_once")
+    fake.refuse_seeks[(T, 0)] = 3  # the rewind after the abort and two retries are refused
+    fake.feed(0, texts(6))
+    fake.commit_errors.append(ABORTABLE)
+    start(worker)
+    drive(worker, fake, until=lambda: "abort" in fake.calls)
+    fake.feed(0, texts(4, prefix="뒤"))  # more records arrive while the partition cannot be rewound
+    drive(worker, fake, until=lambda: not worker._unsought and settled(worker, fake))
+    assert worker.shutdown()
+    assert sum(c.startswith("seek") for c in fake.calls) >= 4
+    assert_exactly_once(fake, [f"0-{i}".encode() for i in range(10)])
+    assert fake.committed == {(T, 0): 10}
+    assert worker.metrics.errors.labels(kind="seek_refused")._value.get() == 3
+
+
+def test_refused_seek_after_a_replay_keeps_per_key_order_at_least_once():
+    """At-least-once: the replay after a timed-out delivery is refused once; nothing after it is produced
+    before the records it rewinds to, and every record gets its result."""
+    worker, fake = make_worker(partitions=1)
+    fake.refuse_seeks[(T, 0)] = 1
+    fake.feed(0, texts(6))
+    fake.fail_delivery = times_out_once(b"0-2")
+    fake.delivery_delay = 1
+    start(worker)
+    drive(worker, fake, until=lambda: "purge" in fake.calls)
+    fake.feed(0, texts(3, prefix="뒤"))
+    drive(worker, fake, until=lambda: not worker._unsought and settled(worker, fake))
+    assert worker.shutdown()
+    offsets = [int(k.split(b"-")[1]) for k in keys(fake.visible("out"))]
+    highest = -1
+    for offset in offsets:  # a replay may repeat records but never skips ahead
+        assert offset <= highest + 1, offsets
+        highest = max(highest, offset)
+    assert set(offsets) == set(range(9))
+    assert fake.committed == {(T, 0): 9}
+
+
+def test_a_drain_with_a_partition_not_yet_rewound_is_not_clean():
+    worker, fake = make_worker(partitions=1, delivery="exactly_once")
+    fake.refuse_seeks[(T, 0)] = 1_000_000  # never rewound before the stop
+    fake.feed(0, texts(4))
+    fake.commit_errors.append(ABORTABLE)
+    start(worker)
+    drive(worker, fake, until=lambda: "abort" in fake.calls)
+    assert not worker.shutdown()
+    assert worker.exit_code == EXIT_UNFINISHED
+    assert fake.committed.get((T, 0), 0) == 0

@@ -387,18 +387,23 @@ def test_unwritable_destination_ends_the_worker_committing_only_what_was_deliver
     assert worker.health.ready()[0] is False
 
 
-def test_timed_out_delivery_replays_in_order():
-    worker, fake = make_worker()
-    fake.feed(0, texts(6))
+def times_out_once(key):
+    """A ``fail_delivery`` script: the first delivery of ``key`` times out, everything else is delivered."""
     failed = []
 
     def fail_once(message):
-        if message.key == b"0-2" and not failed:
+        if message.key == key and not failed:
             failed.append(message.key)
             return TIMED_OUT
         return None
 
-    fake.fail_delivery = fail_once
+    return fail_once
+
+
+def test_timed_out_delivery_replays_in_order():
+    worker, fake = make_worker()
+    fake.feed(0, texts(6))
+    fake.fail_delivery = times_out_once(b"0-2")
     fake.delivery_delay = 1  # later messages are still queued when the timeout is reported
     finish(worker, fake)
     out = keys(fake.visible("out"))

@@ -428,14 +428,20 @@ class KafkaClients:
     def assignment(self) -> list[Partition]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
 
-    def seek(self, positions: Mapping[Partition, int]) -> None:
+    def seek(self, positions: Mapping[Partition, int]) -> dict[Partition, int]:
+        failed: dict[Partition, int] = {}
         for tp in _partitions(positions):
             try:
                 self._consumer.seek(tp)
             except KafkaException as exc:
-                # Not fetching yet (just assigned): its fetch starts at the committed offset, which
-                # is never past the first unfinished record, so nothing is skipped.
-                log.warning("seek %s[%d] to %d: %s", tp.topic, tp.partition, tp.offset, exc)
+                # librdkafka refuses a seek while the partition is not fetching (just assigned, its leader
+                # being looked up after a broker died: `_STATE`), and its fetch then goes on from where it
+                # was, past the records the seek was to read again: the caller reads nothing of it until
+                # a later seek succeeds.
+                failed[(tp.topic, tp.partition)] = tp.offset
+                log.warning("seek %s[%d] to %d refused (%s); its records are dropped until the seek succeeds",
+                            tp.topic, tp.partition, tp.offset, exc)
+        return failed
 
     def store_offsets(self, positions: Mapping[Partition, int]) -> None:
         if not positions:
