@@ -14,7 +14,7 @@ Parts (see benchmarks/README.md; each in benchmarks/parts/):
   5. the worker end to end through a real broker (``python -m worker.cli run`` as a subprocess, ``auto``):
      N messages pre-loaded into a fresh input topic, time until the N-th result is read back; its RSS
      after warm-up and at the end;
-  6. end-to-end latency p50/p95/p99 at a steady 100 messages/s and at half of (5);
+  6. end-to-end latency at a steady 100 messages/s, 5 runs of 40 s (every run's p50/p95/p99/max and evidence), and at half of (5);
   7. padding efficiency and mean batch size, scraped from the worker's Prometheus metrics;
   8. the torch-engine worker end to end (the baseline).
 

@@ -41,6 +41,9 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra worker setting")
     parser.add_argument("--timeout", type=float, default=4 * 3600)
+    parser.add_argument("--largest", action="store_true",
+                        help="every message as large as the worker accepts (WORKER_MAX_MESSAGE_BYTES, default 960,000 "
+                             "bytes): the peak RSS under WORKER_MAX_IN_FLIGHT_BYTES, e.g. --messages 600 --warm-up 0")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     extra = dict(kv.split("=", 1) for kv in args.env)
@@ -54,7 +57,8 @@ def main() -> int:
             worker = None
             try:
                 log(f"pre-loading {args.messages} messages into {topics['input']}")
-                preload(bootstrap, topics["input"], load_texts(data, args.messages), "soak")
+                texts = largest_texts(args.messages, extra) if args.largest else load_texts(data, args.messages)
+                preload(bootstrap, topics["input"], texts, "soak")
                 port = free_port()
                 env = {**worker_process_env(bootstrap, topics, model, port, cache), **extra}
                 worker = launch(env, "soak-worker.log")
@@ -68,10 +72,10 @@ def main() -> int:
         shutil.rmtree(cache, ignore_errors=True)
     summary = summarize(samples, args.warm_up)
     name = f"{info.get('engine', 'auto')}-{info.get('precision', 'auto')}"
-    result = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+    result = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "largest": args.largest,
               "model": str(model), "data": str(data), "messages": args.messages, "worker_env": extra,
               "model_info": info, "summary": summary, "samples": samples}
-    output = args.output or RESULTS / f"soak-{name}.json"
+    output = args.output or RESULTS / f"soak-{name}{'-largest' if args.largest else ''}.json"
     output.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     m = result["machine"]
     print(f"{m['cpu']}, {m['cores']} cores; {name}; {args.messages} messages at {summary['messages_per_s']}/s: "
@@ -79,6 +83,19 @@ def main() -> int:
           f"the end, largest {summary['rss_mb_max']} MB: {summary['change_percent']:+.1f} % (target within ±10 %)")
     log(f"wrote {output}")
     return 0
+
+
+def largest_texts(count: int, extra: dict[str, str]) -> list[str]:
+    """``count`` review texts just under the worker's input limit (its key and record overhead left out)."""
+    import os
+
+    from worker.settings import Settings
+
+    limit = int(extra.get("WORKER_MAX_MESSAGE_BYTES", os.environ.get("WORKER_MAX_MESSAGE_BYTES",
+                                                                      Settings.model_fields["max_message_bytes"].default)))
+    review = "배우들 연기가 정말 좋았고 음악도 훌륭했다. "
+    body = review * ((limit - 1_000) // len(review.encode("utf-8")))
+    return [f"{i} {body}" for i in range(count)]
 
 
 def sample_until_done(args: argparse.Namespace, worker: subprocess.Popen, port: int) -> list[dict[str, Any]]:

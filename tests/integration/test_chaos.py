@@ -39,12 +39,9 @@ def test_chaos_at_least_once_loses_nothing_and_keeps_key_order(tmp_path, fault_r
     assert not m["problems"], text
 
 
-# Known open finding (issue 18, closing note): one short run (seed 1802415459) ended with 137 inputs whose
-# results were only in aborted transactions while the group had committed past them, after a worker's
-# send_offsets_to_transaction overran its deadline during a SIGTERM drain with a broker SIGKILLed. Not yet
-# reproduced or explained; the test runs in CI and reports XPASS/XFAIL until it is.
-@pytest.mark.xfail(reason="open: exactly-once loss seen once under chaos (seed 1802415459), being investigated",
-                   strict=False)
+# The loss one short run showed (seed 1802415459: results only in aborted transactions, the group committed
+# past them) is the path of a rewind Kafka refuses, now handled and reproduced on the fake port
+# (tests/unit/test_failure_findings.py, test_refused_seek_*); docs/testing.md has the account.
 def test_chaos_exactly_once_gives_every_input_one_result(tmp_path, fault_report):
     m, text = chaos("exactly_once", tmp_path, fault_report)
     assert m["missing"] == 0 and m["duplicates"] == 0, text

@@ -61,7 +61,9 @@ def test_eval_reports_accuracy(monkeypatch, tiny_model_dir, tmp_path, capsys):
     assert sum(map(sum, report["confusion_matrix"]["values"])) == 200
 
 
-@pytest.mark.parametrize("script, flag", [("bench.py", "--skip-kafka"), ("soak.py", "--warm-up")])
+@pytest.mark.parametrize("script, flag", [("bench.py", "--skip-kafka"), ("bench.py", "--only-worker"),
+                                          ("bench.py", "--latency-runs"), ("soak.py", "--warm-up"),
+                                          ("soak.py", "--largest")])
 def test_benchmark_script_starts(script, flag):
     """The benchmarks are scripts, not timed tests; this only checks they still import and parse their flags."""
     from pathlib import Path

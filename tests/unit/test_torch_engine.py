@@ -49,6 +49,22 @@ def test_long_text_is_truncated_and_flagged(tiny_classifier):
     assert all(abs(sum(p) - 1) < 1e-5 for p in probs)
 
 
+def test_a_text_of_a_megabyte_is_cut_before_tokenizing_and_gives_the_same_ids(tiny_classifier):
+    """The largest record the worker accepts (~1 MB) is not tokenized whole (hundreds of thousands of tokens and
+    their structures: a poll of 70 took the RSS to 2.7 GB); the model sees the same 512 ids as from the whole text."""
+    from worker.engines import text as text_module
+
+    review = "배우들 연기가 정말 좋았고 음악도 훌륭했다. "
+    huge = review * (960_000 // len(review.encode("utf-8")))
+    moderate = review * 700  # 17,500 characters: over the cut, still cheap to tokenize whole
+    (cut_huge, cut_moderate) = tiny_classifier.encode([huge, moderate])
+    whole = tiny_classifier.encoder.tokenizer(moderate, add_special_tokens=True)["input_ids"]
+    limit = tiny_classifier.max_length
+    assert len(moderate) > limit * text_module.CHARS_PER_TOKEN
+    assert cut_moderate.truncated and cut_moderate.ids == whole[: limit - 1] + whole[-1:]
+    assert cut_huge.truncated and cut_huge.ids == cut_moderate.ids
+
+
 def test_max_length_setting_caps_tokens(tiny_model_dir):
     classifier = HFClassifier.load(str(tiny_model_dir), device="cpu", dtype="float32", max_length=16)
     (encoding,) = classifier.encode(["긴 문장 " * 50])
