@@ -428,6 +428,8 @@ class Worker:
             log.info("the Schema Registry answers again")
 
     def _accept(self, records: list[InputRecord]) -> None:
+        if self._unsought:  # read from past a refused rewind: they come again once a seek succeeds
+            records = [r for r in records if (r.topic, r.partition) not in self._unsought]
         if self._held:  # nothing overtakes a held record
             self._held.extend(records)
             return
@@ -450,8 +452,6 @@ class Worker:
             epoch = self.epochs.of(partition)
             if epoch is None:
                 continue  # its partition was revoked while this poll was being served
-            if partition in self._unsought:
-                continue  # read from past its rewind: it comes again once the seek succeeds
             self.tracker.add(partition, record.offset, record_size(record.key, record.value, record.headers))
             self.metrics.consumed.labels(topic=record.topic).inc()
             entry.epoch, entry.arrived_at = epoch, now
@@ -589,7 +589,7 @@ class Worker:
                     extra={"fields": {"positions": {f"{t}[{p}]": o for (t, p), o in positions.items()}}})
 
     def _seek(self, positions: dict[Partition, int]) -> None:
-        """Rewind; a partition Kafka would not rewind is retried every step and read nothing from meanwhile."""
+        """Rewind; a partition Kafka would not rewind is tried again every SEEK_RETRY_S and read nothing from meanwhile."""
         for partition in positions:
             self._unsought.pop(partition, None)
         refused = self.port.seek(positions)

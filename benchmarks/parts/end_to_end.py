@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.inputs import RESULTS, log
-from benchmarks.parts.latency import machine_cpu, offer_load, repeated_runs
+from benchmarks.parts.latency import cpu_since, machine_cpu, offer_load, repeated_runs
 from benchmarks.through_kafka import OutputReader, drop_topics, launch, preload, worker_process_env
 from harness.probes import metric, model_info, scrape
 from harness.processes import check_running, free_port, rss_mb, terminate
@@ -91,7 +91,7 @@ def _drive_worker(args: argparse.Namespace, bootstrap: str, worker: subprocess.P
         profiler.send_signal(signal.SIGINT)
         profiler.wait(60)
     full = scrape(port) or {}
-    cpu_after = machine_cpu()
+    cpu = cpu_since(cpu_before)
     elapsed = last_at - first_consumed_at
     throughput = n / elapsed
     real, padded = metric(full, "worker_real_tokens_total"), metric(full, "worker_padded_tokens_total")
@@ -113,7 +113,7 @@ def _drive_worker(args: argparse.Namespace, bootstrap: str, worker: subprocess.P
         "partitions": args.partitions,
         "rss_mb_after_warm_up": rss_at_ready,
         # Busy, idle and stolen (hypervisor) CPU seconds of the machine meanwhile: a shared machine's share.
-        "machine_cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_before} if cpu_before else {},
+        "machine_cpu_s": cpu,
     }
     log(f"end to end: {n} messages in {elapsed:.2f}s = {throughput:.0f}/s")
 

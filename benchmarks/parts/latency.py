@@ -3,9 +3,9 @@ record's timestamp to the result record's), repeated: a moderation service is ju
 one run hides the spread between runs on a shared machine.
 
 Each run also records what the worker and the machine did meanwhile, as evidence for where a slow record's time
-went: the worker's own stage histograms (queued, inference, publish, ...), the CPU seconds of each of its threads
-(by name: the Kafka loop, the inference thread, librdkafka's, the engine's pool), the machine's CPU time stolen by
-the hypervisor and the load average."""
+went: the worker's own stage histograms (queued, inference, publish, ...), the CPU seconds of its threads by their
+OS name (librdkafka names its own, `rdk:*`; Python's threads and the engine's pool share the process name), the
+machine's CPU time stolen by the hypervisor and the load average."""
 
 from __future__ import annotations
 
@@ -51,14 +51,21 @@ def machine_cpu() -> dict[str, float]:
             "steal_s": steal / ticks}
 
 
+def cpu_since(before: dict[str, float]) -> dict[str, float]:
+    """The machine's busy, idle and stolen CPU seconds since ``before`` (a :func:`machine_cpu` snapshot)."""
+    after = machine_cpu()
+    return {k: round(after[k] - before[k], 1) for k in before} if before and after else {}
+
+
 def _stage_means(before: dict, after: dict) -> dict[str, float | None]:
     """Mean seconds per record in each of the worker's stages over the run (from its histograms)."""
+    def value(samples: dict, suffix: str, stage: str) -> float:
+        return sum(v for labels, v in samples.get(f"worker_stage_seconds_{suffix}", []) if labels.get("stage") == stage)
+
     means: dict[str, float | None] = {}
     for stage in STAGES:
-        def value(samples: dict, suffix: str) -> float:
-            return sum(v for labels, v in samples.get(f"worker_stage_seconds_{suffix}", []) if labels.get("stage") == stage)
-        count = value(after, "count") - value(before, "count")
-        means[stage] = round(1000 * (value(after, "sum") - value(before, "sum")) / count, 2) if count else None
+        count = value(after, "count", stage) - value(before, "count", stage)
+        means[stage] = round(1000 * (value(after, "sum", stage) - value(before, "sum", stage)) / count, 2) if count else None
     return means
 
 
@@ -95,7 +102,7 @@ def offer_load(args: argparse.Namespace, bootstrap: str, port: int, reader: Outp
             break
         time.sleep(0.05)
     after = scrape(port) or {}
-    cpu_after = machine_cpu()
+    cpu = cpu_since(cpu_before)
     threads_after = thread_cpu_s(worker_pid) if worker_pid else {}
     load_1m = os.getloadavg()[0]
     latency_rows = [(at, key, field) for at, key, field in reader.snapshot() if key in sent]
@@ -114,7 +121,6 @@ def offer_load(args: argparse.Namespace, bootstrap: str, port: int, reader: Outp
         "worker_batch_size_messages_sum", "worker_batch_size_messages_count",
         "worker_real_tokens_total", "worker_padded_tokens_total")}
     batch_ms = 1000 * d["worker_inference_duration_seconds_sum"] / max(1.0, d["worker_inference_duration_seconds_count"])
-    cpu = {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_before} if cpu_before and cpu_after else {}
     threads = {name: round(s - threads_before.get(name, 0.0), 2) for name, s in threads_after.items()
                if s - threads_before.get(name, 0.0) >= 0.05}
     return {

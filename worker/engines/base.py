@@ -91,16 +91,11 @@ def plan_sub_batches(lengths: Sequence[int], max_padded_tokens: int, max_rows: i
     start = [0] * (n + 1)  # where the last sub-batch of that plan starts
     for j in range(1, n + 1):
         longest = ordered[j - 1]  # ascending order: the last text is the longest of any run ending here
-        rows = max(1, max_padded_tokens // longest) if longest <= max_padded_tokens else 1
+        rows = max(1, max_padded_tokens // longest)  # an over-long text alone
         if max_rows is not None:
             rows = min(rows, max_rows)
-        cheapest, cut = None, j - 1
-        for i in range(max(0, j - rows), j):
-            cost = best[i] + (j - i) * longest
-            if cheapest is None or cost < cheapest:
-                cheapest, cut = cost, i
-        assert cheapest is not None
-        best[j], start[j] = cheapest + call_cost_tokens, cut
+        cut = min(range(max(0, j - rows), j), key=lambda i: best[i] + (j - i) * longest)
+        best[j], start[j] = best[cut] + (j - cut) * longest + call_cost_tokens, cut
     plan: list[list[int]] = []
     j = n
     while j > 0:

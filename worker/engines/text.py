@@ -38,10 +38,10 @@ class TextEncoder:
         cut = [len(text) > chars for text in texts]
         texts = [text[:chars] if too_long else text for text, too_long in zip(texts, cut)]
         if self._backend:
-            encoded = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+            encoded = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
         else:
             encoded = self.tokenizer(
-                list(texts),
+                texts,
                 add_special_tokens=True,
                 truncation=False,
                 return_attention_mask=False,
