@@ -379,7 +379,7 @@ def verify(report: ModeReport, results: list, dead: list, records: int) -> None:
 
 
 def run_mode(cluster, mode: str, model: Path, records: int, faults: int, rng: random.Random, log_dir: Path,
-             rate_per_s: float, workers: int, say: Callable[[str], None]) -> ModeReport:
+             rate_per_s: float, workers: int, say: Callable[[str], None], batch: int = 32) -> ModeReport:
     from harness.offsets import end_offsets, output_count, wait_committed
     from harness.topics import fresh_topics
 
@@ -389,7 +389,7 @@ def run_mode(cluster, mode: str, model: Path, records: int, faults: int, rng: ra
     topics = fresh_topics(bootstrap, partitions=6, replication=3, prefix=f"chaos-{mode[:3]}-")
     env = worker_env(bootstrap, topics, model, WORKER_INPUT_FORMAT="json", WORKER_DELIVERY=mode,
                      WORKER_ENGINE="torch", WORKER_TORCH_THREADS="1", WORKER_COMPILE="off",
-                     WORKER_BATCH_MAX_MESSAGES="32", WORKER_BATCH_MAX_WAIT_MS="20",
+                     WORKER_BATCH_MAX_MESSAGES=str(batch), WORKER_BATCH_MAX_WAIT_MS="20",
                      WORKER_KAFKA_PRODUCER_TRANSACTION_TIMEOUT_MS=str(TRANSACTION_TIMEOUT_S * 1000))
     (log_dir / mode).mkdir(parents=True, exist_ok=True)
     pool = Workers(env, log_dir / mode, exactly_once, f"chaos-{topics['input']}")
@@ -536,7 +536,7 @@ def group_size(bootstrap: str, group: str) -> int:
 
 
 def run(seed: int, records: int, faults: int, modes: list[str], base_port: int, work_dir: Path,
-        rate_per_s: float, workers: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
+        rate_per_s: float, workers: int = 3, say: Callable[[str], None] = print, batch: int = 32) -> dict[str, Any]:
     """The whole chaos run: the cluster up, each mode in turn, the cluster down; the report as a dict."""
     from harness.cluster import LocalCluster
     from harness.models import build_tiny_model
@@ -551,9 +551,9 @@ def run(seed: int, records: int, faults: int, modes: list[str], base_port: int, 
         say(f"chaos: cluster up at {cluster.bootstrap} after {time.monotonic() - began:.0f} s")
         for mode in modes:
             reports.append(run_mode(cluster, mode, model, records, faults, rng, work_dir / "logs", rate_per_s,
-                                    workers, say))
+                                    workers, say, batch))
     out: dict[str, Any] = {"seed": seed, "records": records, "faults": faults, "workers": workers,
-                           "rate_per_s": rate_per_s, "logs": str(work_dir / "logs"),
+                           "rate_per_s": rate_per_s, "batch_max_messages": batch, "logs": str(work_dir / "logs"),
                            "modes": [asdict(r) for r in reports]}
     return out
 
@@ -593,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", type=int, default=12, help="faults per mode")
     parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
     parser.add_argument("--rate", type=float, default=200.0, help="records produced per second")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="the workers' WORKER_BATCH_MAX_MESSAGES (small: many windows in flight at each fault)")
     parser.add_argument("--base-port", type=int, default=int(os.environ.get("TEST_KAFKA_PORT", "19092")) + 60)
     parser.add_argument("--out", type=Path, default=None, help="the JSON report (default: benchmarks/results/)")
     parser.add_argument("--keep", type=Path, default=None,
@@ -610,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-"))
         report = run(seed, args.records, args.faults, modes, args.base_port, Path(tmp), args.rate,
-                     say=lambda line: print(line, flush=True))
+                     say=lambda line: print(line, flush=True), batch=args.batch)
         text = summary(report)
         failed = any(m["problems"] for m in report["modes"])
         if failed and args.keep is None:

@@ -154,6 +154,7 @@ class Worker:
         events = ClientEvents(
             self._on_assigned, self._on_revoked, self._on_lost, self._on_client_error, self._on_progress,
             on_wait=self._raise_if_fatal, on_broker_answers=self._on_broker_answers, on_commit=self._on_commit,
+            on_group_answers=self._on_group_answers,
         )
         self.port = clients_factory(settings, events, self.watchdog)
         if schemas is None and settings.uses_schema_registry:
@@ -199,6 +200,9 @@ class Worker:
         self._started = False
         self._pending_fatal: FatalError | None = None
         self._access_since: float | None = None
+        # When the group coordinator last answered (None: not watched, the statistics being off or the
+        # worker not started).
+        self._group_heard_at: float | None = None
         self._access_refused_by: str | None = None
         self._stop_requested_at: float | None = None  # the shutdown deadline counts from here
         self._replays = 0  # how often everything unfinished was dropped to be read again
@@ -260,6 +264,8 @@ class Worker:
         shadow_topics = [self.shadow.topic] if self.shadow is not None else []
         self.port.start(destinations + shadow_topics)
         self._started = True
+        if self.settings.statistics_interval_ms:
+            self._group_heard_at = self._clock()
         self.inference.start()
         if self.shadow is not None:
             self.shadow.start()
@@ -388,6 +394,18 @@ class Worker:
                     "access_denied",
                     f"the cluster has refused the worker's credentials or permissions for {refused_for:.0f} s "
                     f"({self.health.blocked.get('access_denied', '')})",
+                )
+        if self._group_heard_at is not None:
+            silent_for = self._clock() - self._group_heard_at
+            if silent_for >= self.settings.group_silence_limit_s():
+                # librdkafka 2.16 was seen keeping a consumer's group request queued for a coordinator
+                # connection that was gone (after the broker restarted; like librdkafka#5511): the loop
+                # polls on, owns nothing and never rejoins. Only a new client gets out of it, so the
+                # supervisor is asked for one.
+                raise FatalError(
+                    "group_stuck",
+                    f"the group coordinator has not answered the consumer for {silent_for:.0f} s "
+                    f"(group {self.settings.group_id}); a fresh client is needed to rejoin",
                 )
         inference = self.inference
         if inference is not None:
@@ -673,6 +691,10 @@ class Worker:
         # or an assignment.
         if self._access_refused_by in AUTHENTICATION_CODES:
             self._access_ok()
+
+    def _on_group_answers(self) -> None:
+        if self._group_heard_at is not None:
+            self._group_heard_at = self._clock()
 
     def _access_ok(self) -> None:
         if self._access_since is not None:

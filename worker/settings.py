@@ -223,6 +223,10 @@ class Settings(BaseSettings):
         20.0, ge=1,
         description="How many times its expected time (its tokens at the speed measured on earlier windows) a window may take on the model before it counts as stuck.",
     )
+    group_silence_timeout_s: float | None = Field(
+        None, gt=0,
+        description="No answer from the consumer group's coordinator (heartbeats, joins, commits: read from the librdkafka statistics) for this long makes the worker not-ready and ends it (exit 4, group_stuck), so its supervisor starts a fresh client: librdkafka can leave a consumer outside its group for good after the coordinator's broker restarts. Default: the consumer's max.poll.interval.ms + 60 s, as a rebalance may rightly wait that long for a slow member. Needs WORKER_STATISTICS_INTERVAL_MS > 0.",
+    )
     fatal_linger_s: float = Field(
         5.0, ge=0,
         description="After a fatal error, keep answering /readyz (503, with the reason) and /metrics this long before exiting, so monitoring sees why.",
@@ -378,6 +382,12 @@ class Settings(BaseSettings):
         own = {"consumer": self.kafka_consumer, "producer": self.kafka_producer}.get(role, {})
         merged = {**self.kafka, **own}
         return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in merged.items()}
+
+    def group_silence_limit_s(self) -> float:
+        """How long the group coordinator may stay silent before the consumer counts as stuck outside its group."""
+        if self.group_silence_timeout_s is not None:
+            return self.group_silence_timeout_s
+        return int(self.librdkafka("consumer").get("max.poll.interval.ms", 300_000)) / 1000 + 60
 
     def masked_dump(self) -> dict[str, Any]:
         """Effective settings for logs, with every secret replaced by ``**********``."""

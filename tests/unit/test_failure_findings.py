@@ -219,8 +219,83 @@ def test_brokers_answering_reads_the_statistics():
     seen: dict[str, int] = {}
     assert not brokers_answering(stats("AUTH", 3), seen)  # first sight: nothing to compare with
     assert not brokers_answering(stats("AUTH", 4), seen)  # answers, but not authenticated
-    assert brokers_answering(stats("UP", 6), seen)
+    assert brokers_answering(stats("UP", 6), seen) == {"b1:9092/1"}
     assert not brokers_answering(stats("UP", 6), seen)  # nothing new
+
+
+def test_finding_12_a_group_coordinator_silent_past_the_limit_ends_the_worker():
+    # After the coordinator's broker restarted, librdkafka kept the consumer's join request queued for a
+    # connection that was gone: the loop polled on, owned nothing, and never rejoined (CI, broker restart).
+    worker, fake = make_worker(group_silence_timeout_s=0.3)
+    start(worker)
+    fake.events.on_broker_answers()  # other brokers answering is no proof of membership
+    worker.step()
+    assert worker.health.ready()[0] is True
+    time.sleep(0.4)
+    with pytest.raises(FatalError) as caught:
+        worker.step()
+    assert caught.value.reason == "group_stuck" and "not answered" in caught.value.detail
+
+
+def test_finding_12_a_coordinator_that_answers_keeps_the_worker():
+    worker, fake = make_worker(group_silence_timeout_s=0.3)
+    fake.feed(0, texts(3))
+    start(worker)
+    for _ in range(4):
+        time.sleep(0.15)
+        fake.events.on_group_answers()  # heartbeats, as the statistics show them
+        worker.step()
+    assert worker.fatal is None and worker.health.ready()[0] is True
+
+
+def test_finding_12_a_stuck_group_exits_4_not_ready():
+    worker, fake = make_worker(group_silence_timeout_s=0.2, fatal_linger_s=0)
+    fake.feed(0, texts(2))
+    start(worker)
+    time.sleep(0.3)
+    assert worker.run() is False
+    assert worker.exit_code == EXIT_FATAL and worker.fatal.reason == "group_stuck"
+    assert worker.health.ready()[0] is False
+
+
+def test_finding_12_without_statistics_nothing_is_watched():
+    worker, fake = make_worker(group_silence_timeout_s=0.1, statistics_interval_ms=0)
+    start(worker)
+    time.sleep(0.2)
+    worker.step()
+    assert worker.fatal is None
+
+
+def test_finding_12_the_default_limit_outlasts_a_rebalance():
+    from worker.settings import Settings
+
+    assert Settings().group_silence_limit_s() == 360.0  # max.poll.interval.ms (300 s) + 60 s
+    assert Settings(kafka_consumer={"max.poll.interval.ms": "20000"}).group_silence_limit_s() == 80.0
+    assert Settings(group_silence_timeout_s=5).group_silence_limit_s() == 5.0
+
+
+def test_finding_12_the_statistics_report_the_coordinator_answering():
+    import json
+
+    from worker.kafka_io.clients import KafkaClients
+    from worker.kafka_io.port import ClientEvents
+    from worker.settings import Settings
+    from worker.watchdog import Watchdog
+
+    heard = []
+    events = ClientEvents(lambda p: None, lambda p: None, lambda p: None,
+                          on_group_answers=lambda: heard.append("group"), on_broker_answers=lambda: heard.append("any"))
+    clients = KafkaClients(Settings(), events, Watchdog())
+
+    def stats(coordinator_rx, broker_rx):
+        return json.dumps({"brokers": {"b1:9092/1": {"state": "UP", "rx": broker_rx},
+                                       "GroupCoordinator": {"state": "UP", "rx": coordinator_rx}}})
+
+    clients._stats_cb(stats(5, 10))
+    clients._stats_cb(stats(5, 12))  # fetches answered, the coordinator silent
+    assert heard == ["any"]
+    clients._stats_cb(stats(6, 12))
+    assert heard == ["any", "any", "group"]
 
 
 def test_finding_7_an_abort_inside_the_shutdown_drain_is_not_a_clean_exit():

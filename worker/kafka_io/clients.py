@@ -113,16 +113,21 @@ def parse_progress(stats_json: str) -> dict[Partition, PartitionProgress]:
     return progress
 
 
-def brokers_answering(stats_json: str, previous: dict[str, int]) -> bool:
-    """Whether a broker in state UP (connected and authenticated) received responses since ``previous``.
+# The logical broker librdkafka keeps for the consumer group's coordinator (its heartbeats, joins and
+# commits go there), as named in the statistics.
+GROUP_COORDINATOR = "GroupCoordinator"
+
+
+def brokers_answering(stats_json: str, previous: dict[str, int]) -> set[str]:
+    """The brokers in state UP (connected and authenticated) that received responses since ``previous``.
 
     ``previous`` (broker name -> responses received) is updated in place.
     """
-    answering = False
+    answering = set()
     for name, broker in json.loads(stats_json).get("brokers", {}).items():
         received = int(broker.get("rx", 0))
         if broker.get("state") == "UP" and received > previous.get(name, received):
-            answering = True
+            answering.add(name)
         previous[name] = received
     return answering
 
@@ -379,8 +384,11 @@ class KafkaClients:
     def _stats_cb(self, stats_json: str) -> None:
         try:
             self._events.on_progress(parse_progress(stats_json))
-            if brokers_answering(stats_json, self._responses):
+            answering = brokers_answering(stats_json, self._responses)
+            if answering:
                 self._events.on_broker_answers()
+            if GROUP_COORDINATOR in answering:
+                self._events.on_group_answers()
         except (ValueError, KeyError, TypeError):
             log.debug("unreadable librdkafka statistics", exc_info=True)
 

@@ -58,6 +58,9 @@ class ClientEvents:
     # A broker answered requests over an authenticated connection since the last statistics: proof
     # that the cluster accepts the worker's credentials again, even when no record flows.
     on_broker_answers: Callable[[], None] = lambda: None
+    # The group coordinator answered since the last statistics (a heartbeat, a join, a commit): proof that
+    # the consumer is still in touch with its group.
+    on_group_answers: Callable[[], None] = lambda: None
     # The outcome of an offset commit the consumer made (at-least-once): None when it succeeded.
     on_commit: Callable[[ClientError | None], None] = lambda error: None
 
