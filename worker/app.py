@@ -246,6 +246,11 @@ class Worker:
             self.fatal = exc
         except KafkaCallError as exc:
             self.fatal = fatal_for(exc.error, exc.call)
+        except Exception as exc:  # noqa: BLE001 - a bug: stop as after a fatal error, not with a native abort
+            # The loop's state may be wrong after it, so nothing is drained: what was delivered is
+            # committed, the rest is read again by the next owner (a restart by the supervisor).
+            log.exception("internal error in the worker's loop")
+            self.fatal = FatalError("internal_error", f"{type(exc).__name__}: {exc}"[:500])
         finally:
             self.health.set_phase("stopping")
         return self.shutdown()

@@ -91,7 +91,7 @@ class WorkerMetrics:
         self.blocked = Gauge(
             "worker_blocked",
             "1 while the worker cannot go on for this reason (it then exits with code 4): access_denied, "
-            "destination_unwritable, model_broken, model_stuck, stuck_call, fenced, kafka_fatal, group_stuck.",
+            "destination_unwritable, model_broken, model_stuck, stuck_call, fenced, kafka_fatal, group_stuck, internal_error.",
             ["reason"], registry=r,
         )
         self.stage_seconds = Histogram(

@@ -87,7 +87,7 @@ DEAD_LETTER_KINDS = frozenset({ErrorKind.RECORD, ErrorKind.OTHER})
 # unless the worker is stopped while waiting at start).
 FATAL_REASONS = (
     "access_denied", "destination_unwritable", "model_broken", "model_stuck", "stuck_call", "fenced", "kafka_fatal",
-    "group_stuck", "registry_unreachable",
+    "group_stuck", "internal_error", "registry_unreachable",
 )
 # Access failures of the credentials (not of permissions): a broker answering proves they are over.
 AUTHENTICATION_CODES = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "ILLEGAL_SASL_STATE", "_SSL"})

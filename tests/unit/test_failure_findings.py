@@ -496,3 +496,26 @@ def test_a_drain_with_a_partition_not_yet_rewound_is_not_clean():
     assert not worker.shutdown()
     assert worker.exit_code == EXIT_UNFINISHED
     assert fake.committed.get((T, 0), 0) == 0
+
+
+def test_an_unexpected_exception_in_the_loop_stops_as_a_fatal_error():
+    # Seen in a chaos run: an exception out of a statistics callback ended a worker with a traceback and then a
+    # native abort (exit -6, "terminate called without an active exception") instead of the documented exit.
+    worker, fake = make_worker(partitions=1, fatal_linger_s=0)
+    fake.feed(0, texts(4))
+    real_poll, polls = fake.poll, []
+
+    def poll(max_messages, timeout_s):
+        polls.append(1)
+        if fake.committed.get((T, 0)) == 4 or len(polls) > 5000:
+            fake.feed(0, texts(2, prefix="뒤"))
+            real_poll(max_messages, timeout_s)  # consumed, never finished: read again by the next owner
+            raise AttributeError("a bug in a callback")
+        return real_poll(max_messages, timeout_s)
+
+    fake.poll = poll
+    assert worker.run() is False
+    assert worker.exit_code == EXIT_FATAL and worker.fatal.reason == "internal_error"
+    assert "AttributeError: a bug in a callback" in worker.fatal.detail
+    assert worker.health.ready()[0] is False
+    assert fake.committed == {(T, 0): 4}  # what was delivered, nothing past it
