@@ -55,7 +55,7 @@ soak: setup tools
 
 # Random faults (workers and brokers killed, stopped, frozen, joining) against a 3-node KRaft cluster and
 # three workers while a producer writes; checks each mode's guarantee from the topics (docs/testing.md).
-# CHAOS_ARGS: --records N --faults N --mode at_least_once|exactly_once|both --seed N (repeats a run).
+# CHAOS_ARGS: --records N --faults N --rate N --batch N --mode at_least_once|exactly_once|both --seed N (repeats a run).
 chaos: setup tools
 	$(BIN)/python -m benchmarks.chaos $(CHAOS_ARGS)
 
