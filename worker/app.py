@@ -246,6 +246,8 @@ class Worker:
             self.fatal = exc
         except KafkaCallError as exc:
             self.fatal = fatal_for(exc.error, exc.call)
+        except ConfigError:
+            raise  # a setting the cluster or the model refuses at start: one line and exit 2 (cli)
         except Exception as exc:  # noqa: BLE001 - a bug: stop as after a fatal error, not with a native abort
             # The loop's state may be wrong after it, so nothing is drained: what was delivered is
             # committed, the rest is read again by the next owner (a restart by the supervisor).
