@@ -201,8 +201,9 @@ class Worker:
         self._pending_fatal: FatalError | None = None
         self._access_since: float | None = None
         # When the group coordinator last answered (None: not watched, the statistics being off or the
-        # worker not started).
+        # worker not started), and how long it may stay silent (read once: checked on every turn).
         self._group_heard_at: float | None = None
+        self._group_silence_limit_s = settings.group_silence_limit_s
         self._access_refused_by: str | None = None
         self._stop_requested_at: float | None = None  # the shutdown deadline counts from here
         self._replays = 0  # how often everything unfinished was dropped to be read again
@@ -404,7 +405,7 @@ class Worker:
                 )
         if self._group_heard_at is not None:
             silent_for = self._clock() - self._group_heard_at
-            if silent_for >= self.settings.group_silence_limit_s():
+            if silent_for >= self._group_silence_limit_s:
                 # librdkafka 2.16 was seen keeping a consumer's group request queued for a coordinator
                 # connection that was gone (after the broker restarted; like librdkafka#5511): the loop
                 # polls on, owns nothing and never rejoins. Only a new client gets out of it, so the

@@ -377,17 +377,18 @@ class Settings(BaseSettings):
         """The producer's ``transaction.timeout.ms`` (``WORKER_KAFKA_[PRODUCER_]TRANSACTION_TIMEOUT_MS``), in seconds."""
         return int(self.librdkafka("producer").get("transaction.timeout.ms", 60000)) / 1000
 
-    def librdkafka(self, role: Literal["consumer", "producer", "common"]) -> dict[str, str]:
-        """The pass-through librdkafka settings for one client (``common``: the shared ones), secrets revealed."""
-        own = {"consumer": self.kafka_consumer, "producer": self.kafka_producer}.get(role, {})
-        merged = {**self.kafka, **own}
-        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in merged.items()}
-
+    @property
     def group_silence_limit_s(self) -> float:
         """How long the group coordinator may stay silent before the consumer counts as stuck outside its group."""
         if self.group_silence_timeout_s is not None:
             return self.group_silence_timeout_s
         return int(self.librdkafka("consumer").get("max.poll.interval.ms", 300_000)) / 1000 + 60
+
+    def librdkafka(self, role: Literal["consumer", "producer", "common"]) -> dict[str, str]:
+        """The pass-through librdkafka settings for one client (``common``: the shared ones), secrets revealed."""
+        own = {"consumer": self.kafka_consumer, "producer": self.kafka_producer}.get(role, {})
+        merged = {**self.kafka, **own}
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in merged.items()}
 
     def masked_dump(self) -> dict[str, Any]:
         """Effective settings for logs, with every secret replaced by ``**********``."""

@@ -269,9 +269,9 @@ def test_finding_12_without_statistics_nothing_is_watched():
 def test_finding_12_the_default_limit_outlasts_a_rebalance():
     from worker.settings import Settings
 
-    assert Settings().group_silence_limit_s() == 360.0  # max.poll.interval.ms (300 s) + 60 s
-    assert Settings(kafka_consumer={"max.poll.interval.ms": "20000"}).group_silence_limit_s() == 80.0
-    assert Settings(group_silence_timeout_s=5).group_silence_limit_s() == 5.0
+    assert Settings().group_silence_limit_s == 360.0  # max.poll.interval.ms (300 s) + 60 s
+    assert Settings(kafka_consumer={"max.poll.interval.ms": "20000"}).group_silence_limit_s == 80.0
+    assert Settings(group_silence_timeout_s=5).group_silence_limit_s == 5.0
 
 
 def test_finding_12_the_statistics_report_the_coordinator_answering():
